@@ -1,0 +1,296 @@
+"""The broker contract: one protocol every broker implements, and URL -> broker.
+
+A broker stores jobs and hands them out under leases. It knows nothing of tasks, handlers,
+retries policies or middleware: the runtime decides, the broker carries out atomic steps.
+
+Vocabulary:
+
+* **ready**: a job that may be fetched now.
+* **scheduled**: a job whose ``not_before`` (wall clock) is in the future; it becomes ready then.
+* **leased** (in flight): a job handed to a consumer. The lease has a token and a deadline. While
+  the lease holds nobody else gets the job; when it expires the job is ready again and the next
+  delivery has ``delivery_count`` raised by one.
+* **dead**: a job the runtime gave up on, kept with its reason until replayed or purged.
+
+A broker is chosen by URL scheme. ``memory://`` is built in; other schemes come from the entry
+point group ``asyncjobs.brokers`` (name = scheme, value = a callable taking the URL and returning
+a :class:`Broker`), so ``asyncjobs-redis`` and ``asyncjobs-rabbitmq`` (and third parties)
+plug in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from asyncjobs.errors import BrokerURLError
+
+ENTRY_POINT_GROUP = "asyncjobs.brokers"
+
+# Schemes whose broker lives in a separate distribution: named in the error when it is missing.
+KNOWN_PACKAGES = {
+    "redis": "asyncjobs-redis",
+    "rediss": "asyncjobs-redis",
+    "amqp": "asyncjobs-rabbitmq",
+    "amqps": "asyncjobs-rabbitmq",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingJob:
+    """A job handed to :meth:`Broker.enqueue`.
+
+    ``not_before`` is a wall-clock time (``None``: ready at once). ``unique_key``, when set and
+    the broker has ``supports_unique``, makes the enqueue a no-op while another job with the same
+    key was accepted less than ``unique_ttl`` seconds ago.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    not_before: float | None = None
+    unique_key: str | None = None
+    unique_ttl: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One job handed to a consumer under a lease.
+
+    ``token`` identifies this lease: an extend, ack, retry or dead-letter with a token that is no
+    longer current (the lease expired and the job went elsewhere) fails. ``delivery_count`` is 1
+    on the first delivery of this body and grows with every redelivery after a lost lease or a
+    crash (a retry scheduled by the runtime starts a new body at 1). ``job_id`` is ``None`` only
+    for a message whose id cannot be read. ``handle`` is private to the broker.
+    """
+
+    queue: str
+    job_id: str | None
+    body: bytes
+    token: str
+    delivery_count: int = 1
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """Why a job was dead-lettered, kept beside its body."""
+
+    reason: str
+    error_type: str
+    error_message: str
+    traceback: str = ""
+    attempts: int = 0
+    history: tuple[dict[str, Any], ...] = ()
+    failed_at: float = 0.0
+    task: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return {
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "traceback": self.traceback,
+            "attempts": self.attempts,
+            "history": list(self.history),
+            "failed_at": self.failed_at,
+            "task": self.task,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DeadLetterInfo:
+        """Inverse of :meth:`to_json`; tolerant of missing fields."""
+        return cls(
+            reason=str(doc.get("reason", "")),
+            error_type=str(doc.get("error_type", "")),
+            error_message=str(doc.get("error_message", "")),
+            traceback=str(doc.get("traceback", "")),
+            attempts=int(doc.get("attempts", 0)),
+            history=tuple(doc.get("history", ())),
+            failed_at=float(doc.get("failed_at", 0.0)),
+            task=doc.get("task"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered job: its body exactly as it was received, and why it died."""
+
+    id: str
+    queue: str
+    body: bytes
+    info: DeadLetterInfo
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts of one queue. ``oldest_ready_age`` is seconds, ``None`` when unknown or empty."""
+
+    ready: int
+    scheduled: int
+    in_flight: int
+    dead: int
+    oldest_ready_age: float | None = None
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """The leasing side of a broker, owned by one worker.
+
+    All leases a consumer hands out have the length given when it was opened. Every method is
+    safe to call concurrently from many tasks of one event loop.
+    """
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Lease up to ``max_count`` ready jobs, waiting up to ``wait_seconds`` for the first.
+
+        Returns an empty list when nothing became ready in time. Atomic per job: a job is leased
+        to exactly one consumer. Scheduled jobs that are due and expired leases of any consumer
+        become ready as part of fetching (or of a reaper the consumer runs), so nothing waits
+        on a process that is gone.
+        """
+        ...
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Push back the deadline of every given lease by the lease length, in one round trip.
+
+        Returns, per delivery, ``True`` when the lease is still held by that token, ``False``
+        when it was lost (expired and taken, settled, or its channel is gone). A lost lease must
+        never be acked: the job may be running elsewhere.
+        """
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove finished jobs for good, in one round trip. ``False`` for a stale token."""
+        ...
+
+    async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
+        """Replace the leased job by ``body`` (the next attempt), ready at ``not_before``.
+
+        Atomic where the broker allows it (the old delivery is gone exactly when the new body is
+        stored); otherwise the new body is stored first, so a crash in between duplicates and
+        never loses. ``False`` (and nothing stored) for a stale token.
+        """
+        ...
+
+    async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
+        """Move the leased job, body intact, to the queue's dead letters with ``info``.
+
+        Same atomicity rule as :meth:`retry`. ``False`` for a stale token.
+        """
+        ...
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give leased jobs back to ready at once (shutdown), without waiting for expiry.
+
+        Where the broker can express it the release does not count as a delivery.
+        Stale tokens are ignored.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching and release whatever this consumer still holds. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Producer and admin side of a broker. Created from a URL, then :meth:`connect` ed."""
+
+    url: str
+    supports_unique: bool
+    """Whether :meth:`enqueue` itself enforces ``OutgoingJob.unique_key``."""
+
+    async def connect(self) -> None:
+        """Open connections and declare what is needed. Idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection this broker opened. Idempotent."""
+        ...
+
+    async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
+        """Store jobs durably before returning (as durable as the broker is configured).
+
+        Returns, per job, ``True`` when it was stored and ``False`` when its unique key was
+        already taken. Raises :class:`~asyncjobs.errors.BrokerError` when the broker did not
+        accept a job; a job that was not accepted is never silently dropped.
+        """
+        ...
+
+    async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> Consumer:
+        """Open a consumer over ``queues`` holding at most ``prefetch`` leases at once."""
+        ...
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Counts of ``queue``; cheap (no scan of the jobs)."""
+        ...
+
+    async def list_dead(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters of ``queue``, newest first."""
+        ...
+
+    async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
+        """One dead letter by id, or ``None``."""
+        ...
+
+    async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
+        """Remove a dead letter and enqueue ``body`` (ready now) in its place.
+
+        Atomic where the broker allows it; otherwise enqueue first. ``False`` if it is gone.
+        """
+        ...
+
+    async def purge_dead(self, queue: str, dead_ids: Sequence[str] | None = None) -> int:
+        """Delete the given dead letters (all when ``None``); returns how many were deleted."""
+        ...
+
+
+BrokerFactory = Callable[[str], Broker]
+
+
+def _memory_factory(url: str) -> Broker:
+    from asyncjobs.memory import MemoryBroker
+
+    return MemoryBroker.from_url(url)
+
+
+_BUILTIN: dict[str, BrokerFactory] = {"memory": _memory_factory}
+
+
+def scheme_of(url: str) -> str:
+    """The scheme of a broker URL, or :class:`BrokerURLError` when it has none."""
+    if not isinstance(url, str) or "://" not in url:
+        raise BrokerURLError(f"broker URL {url!r} has no scheme; expected e.g. memory://, redis://host:6379/0")
+    return urlsplit(url).scheme.lower()
+
+
+def from_url(url: str) -> Broker:
+    """Create (but do not connect) the broker a URL names.
+
+    Raises :class:`BrokerURLError` naming the package to install when the scheme belongs to a
+    broker that is not installed, or listing the known schemes when nobody handles it.
+    """
+    scheme = scheme_of(url)
+    factory = _BUILTIN.get(scheme)
+    if factory is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == scheme:
+                factory = ep.load()
+                break
+    if factory is None:
+        package = KNOWN_PACKAGES.get(scheme)
+        if package:
+            raise BrokerURLError(f"broker URL scheme {scheme!r} needs the package {package!r}: pip install {package}")
+        known = sorted({*_BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+        raise BrokerURLError(f"no broker handles URL scheme {scheme!r}; installed schemes: {', '.join(known)}")
+    return factory(url)
+
+
+def register_scheme(scheme: str, factory: BrokerFactory) -> None:
+    """Register a broker factory for ``scheme`` in this process (entry points need no call)."""
+    _BUILTIN[scheme.lower()] = factory

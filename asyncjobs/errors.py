@@ -1,0 +1,63 @@
+"""Every public error of asyncjobs, under one base class.
+
+Which errors a job retries is data (see :mod:`asyncjobs.retrying`); the classes here only say
+what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class AsyncJobsError(Exception):
+    """Base class of every error raised by asyncjobs."""
+
+
+class ConfigError(AsyncJobsError, ValueError):
+    """A setting is invalid or contradicts another one; the message names the field and the fix."""
+
+
+class BrokerURLError(ConfigError):
+    """A broker URL is malformed or names a scheme no installed broker handles."""
+
+
+class BrokerError(AsyncJobsError):
+    """The broker refused or failed an operation (connection lost, publish not confirmed...)."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker could not be reached. Retryable."""
+
+
+class EnvelopeError(AsyncJobsError):
+    """A message is not a valid asyncjobs envelope. Permanent: the message is dead-lettered."""
+
+
+class UnknownTaskError(AsyncJobsError, LookupError):
+    """A message names a task that this worker has not registered. Permanent."""
+
+
+class PayloadTooLargeError(AsyncJobsError, ValueError):
+    """An encoded job is larger than the configured maximum size."""
+
+
+class Retry(AsyncJobsError):  # noqa: N818 - reads as an instruction: ``raise Retry(delay=5)``
+    """Raise from a handler to ask for another attempt, optionally after ``delay`` seconds."""
+
+    def __init__(self, reason: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class PermanentError(AsyncJobsError):
+    """Raise from a handler when retrying cannot help; the job is dead-lettered at once."""
+
+
+class JobTimeout(AsyncJobsError, TimeoutError):  # noqa: N818 - the outcome is called "timeout"
+    """A job ran past its timeout and was cancelled. Retryable by default."""
+
+
+class LeaseLost(AsyncJobsError):  # noqa: N818 - names the event, like ``Retry``
+    """The worker lost a job's lease (it expired or was taken); the handler was cancelled."""
+
+
+class CancellationSwallowed(AsyncJobsError):  # noqa: N818 - names the event
+    """A handler caught the cancellation of its job and returned; the runtime reports it."""

@@ -1,0 +1,83 @@
+"""What a middleware sees of one processing attempt (:class:`Job`) and what it returns (:class:`Outcome`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from asyncjobs.broker import Delivery
+from asyncjobs.envelope import Envelope
+
+if TYPE_CHECKING:
+    from asyncjobs.task import TaskSpec
+
+OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, and so how the worker settles it.
+
+    * ``done``: ack. ``skipped``: ack without having run (a duplicate of a finished job).
+    * ``retry``: store the next attempt, due after ``delay`` seconds.
+    * ``deferred``: store the same attempt again after ``delay`` (not counted as an attempt;
+      used when a duplicate must wait for another lease to end).
+    * ``dead``: move to the dead letters with ``reason``.
+
+    ``reason`` is a short word for metrics and logs: ``ok``, ``error``, ``timeout``, ``permanent``,
+    ``max_attempts``, ``bad_arguments``, ``duplicate``...
+    """
+
+    kind: OutcomeKind
+    reason: str = "ok"
+    error: BaseException | None = None
+    delay: float = 0.0
+    result: Any = None
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One attempt of one job, passed down the middleware chain.
+
+    ``attempt`` counts every attempt so far including crash redeliveries (1 on the first run).
+    ``lease_token`` is the broker's token for this delivery: a handler may use it as a fencing
+    token for side effects that must not happen twice. ``state`` is free for middleware.
+    """
+
+    envelope: Envelope
+    delivery: Delivery
+    spec: TaskSpec
+    attempt: int
+    started_at: float
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The job id (stable across attempts)."""
+        return self.envelope.id
+
+    @property
+    def task(self) -> str:
+        """The task name."""
+        return self.envelope.task
+
+    @property
+    def queue(self) -> str:
+        """The queue the job was fetched from."""
+        return self.delivery.queue
+
+    @property
+    def lease_token(self) -> str:
+        """The token of this delivery's lease."""
+        return self.delivery.token
+
+    @property
+    def timeout(self) -> float | None:
+        """The timeout in force for this attempt (the envelope's, else the task's)."""
+        return self.envelope.timeout if self.envelope.timeout is not None else self.spec.options.timeout
+
+    @property
+    def max_attempts(self) -> int:
+        """How many attempts this job may use in all."""
+        value = self.envelope.extra.get("max_attempts")
+        return value if isinstance(value, int) and value > 0 else self.spec.options.max_attempts

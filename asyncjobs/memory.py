@@ -1,0 +1,299 @@
+"""The in-memory broker: the embedded default (``memory://``), with a real broker's semantics.
+
+Leases with tokens and deadlines, redelivery of expired leases with a raised delivery count,
+scheduled jobs, unique keys with a TTL and dead letters behave as on Redis, so a test written
+against this broker holds against the others. Jobs live in this process only: a crash loses
+them. ``memory://NAME`` gives a separate broker per name; the same URL in one process is the same
+broker, so an app's producer and worker share it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import anyio
+
+from asyncjobs.broker import Delivery, DeadLetter, DeadLetterInfo, OutgoingJob, QueueStats
+from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.envelope import peek_id
+
+_IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
+
+
+@dataclass(slots=True)
+class _Stored:
+    queue: str
+    job_id: str | None
+    body: bytes
+    delivery_count: int = 0
+    token: str | None = None
+    deadline: float = 0.0
+    ready_since: float = 0.0
+
+
+@dataclass
+class _Queue:
+    ready: deque[int] = field(default_factory=deque)
+    scheduled: list[tuple[float, int]] = field(default_factory=list)
+    leased: list[tuple[float, int, str]] = field(default_factory=list)
+    in_flight: int = 0
+    dead: OrderedDict[str, DeadLetter] = field(default_factory=OrderedDict)
+
+
+class MemoryBroker:
+    """A broker held in this process's memory. Safe for many consumers on one event loop."""
+
+    supports_unique = True
+    _instances: dict[str, MemoryBroker] = {}
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._jobs: dict[int, _Stored] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._unique: dict[str, float] = {}
+        self._seq = itertools.count(1)
+        self._wakeup: anyio.Event | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBroker:
+        """The process-wide broker for ``url`` (``memory://`` or ``memory://NAME``)."""
+        name = urlsplit(url).netloc or "default"
+        broker = cls._instances.get(name)
+        if broker is None:
+            broker = cls._instances[name] = cls(url)
+        return broker
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close; the jobs stay for the next user of this URL in this process."""
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue()
+        return queue
+
+    def _notify(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def _store(self, queue: str, job_id: str | None, body: bytes, not_before: float | None) -> None:
+        seq = next(self._seq)
+        now = monotonic()
+        stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now)
+        q = self._queue(queue)
+        delay = 0.0 if not_before is None else not_before - wall_time()
+        if delay > 0:
+            heapq.heappush(q.scheduled, (now + delay, seq))
+            stored.ready_since = now + delay
+        else:
+            q.ready.append(seq)
+
+    async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
+        """Store every job; a taken unique key makes that job a no-op (``False``)."""
+        now = monotonic()
+        accepted: list[bool] = []
+        for job in jobs:
+            if job.unique_key is not None:
+                expires = self._unique.get(job.unique_key)
+                if expires is not None and expires > now:
+                    accepted.append(False)
+                    continue
+                self._unique[job.unique_key] = now + job.unique_ttl
+            self._store(job.queue, job.id, job.body, job.not_before)
+            accepted.append(True)
+        self._notify()
+        return accepted
+
+    async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> MemoryConsumer:
+        """A consumer over ``queues``; ``prefetch`` bounds how many leases one fetch takes."""
+        return MemoryConsumer(self, list(queues), prefetch, lease_seconds)
+
+    def _promote(self, queue: _Queue, now: float) -> float | None:
+        """Due scheduled jobs and expired leases back to ready; the next time to look again."""
+        while queue.scheduled and queue.scheduled[0][0] <= now:
+            _, seq = heapq.heappop(queue.scheduled)
+            queue.ready.append(seq)
+        while queue.leased and queue.leased[0][0] <= now:
+            deadline, seq, token = heapq.heappop(queue.leased)
+            stored = self._jobs.get(seq)
+            if stored is None or stored.token != token:
+                continue  # settled, or re-leased under a newer token
+            if stored.deadline > now:  # extended since: requeue the newer deadline
+                heapq.heappush(queue.leased, (stored.deadline, seq, token))
+                continue
+            stored.token = None
+            stored.ready_since = now
+            queue.in_flight -= 1
+            queue.ready.appendleft(seq)
+        nexts = [heap[0][0] for heap in (queue.scheduled, queue.leased) if heap]
+        return min(nexts) if nexts else None
+
+    def _take(self, queues: Sequence[str], max_count: int, lease_seconds: float) -> tuple[list[Delivery], float | None]:
+        now = monotonic()
+        out: list[Delivery] = []
+        wake: float | None = None
+        for name in queues:
+            queue = self._queue(name)
+            nxt = self._promote(queue, now)
+            if nxt is not None:
+                wake = nxt if wake is None else min(wake, nxt)
+            while queue.ready and len(out) < max_count:
+                seq = queue.ready.popleft()
+                stored = self._jobs[seq]
+                stored.delivery_count += 1
+                stored.token = uuid.uuid4().hex
+                stored.deadline = now + lease_seconds
+                queue.in_flight += 1
+                heapq.heappush(queue.leased, (stored.deadline, seq, stored.token))
+                out.append(Delivery(name, stored.job_id, stored.body, stored.token, stored.delivery_count, seq))
+        return out, wake
+
+    async def _wait(self, seconds: float) -> None:
+        if self._wakeup is None:
+            self._wakeup = anyio.Event()
+        with anyio.move_on_after(seconds):
+            await self._wakeup.wait()
+
+    def _held(self, delivery: Delivery) -> _Stored | None:
+        stored = self._jobs.get(delivery.handle)
+        if stored is None or stored.token != delivery.token or stored.deadline <= monotonic():
+            return None
+        return stored
+
+    def _settle(self, delivery: Delivery) -> _Stored | None:
+        stored = self._held(delivery)
+        if stored is not None:
+            del self._jobs[delivery.handle]
+            self._queue(stored.queue).in_flight -= 1
+        return stored
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Counts of ``queue`` and the age of its oldest ready job."""
+        q = self._queue(queue)
+        self._promote(q, monotonic())
+        oldest = monotonic() - self._jobs[q.ready[0]].ready_since if q.ready else None
+        return QueueStats(len(q.ready), len(q.scheduled), q.in_flight, len(q.dead), oldest)
+
+    async def list_dead(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+        return list(reversed(self._queue(queue).dead.values()))[:limit]
+
+    async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
+        """One dead letter by id."""
+        return self._queue(queue).dead.get(dead_id)
+
+    async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
+        """Atomically swap a dead letter for a ready job with ``body``."""
+        dead = self._queue(queue).dead.pop(dead_id, None)
+        if dead is None:
+            return False
+        self._store(queue, peek_id(body), body, None)
+        self._notify()
+        return True
+
+    async def purge_dead(self, queue: str, dead_ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters."""
+        dead = self._queue(queue).dead
+        if dead_ids is None:
+            count = len(dead)
+            dead.clear()
+            return count
+        return sum(dead.pop(i, None) is not None for i in dead_ids)
+
+
+class MemoryConsumer:
+    """Leases jobs of a :class:`MemoryBroker` to one worker."""
+
+    def __init__(self, broker: MemoryBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
+        self._broker = broker
+        self._queues = queues
+        self._prefetch = prefetch
+        self._lease = lease_seconds
+        self._held: dict[int, Delivery] = {}
+        self._closed = False
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Lease up to ``max_count`` jobs, waiting for one up to ``wait_seconds``."""
+        deadline = monotonic() + wait_seconds
+        while not self._closed:
+            room = min(max_count, self._prefetch - len(self._held))
+            out, wake = self._broker._take(self._queues, room, self._lease) if room > 0 else ([], None)
+            if out:
+                for delivery in out:
+                    self._held[delivery.handle] = delivery
+                return out
+            now = monotonic()
+            if now >= deadline:
+                return []
+            sleep = min(deadline - now, _IDLE_WAKE if wake is None else max(wake - now, 0.0))
+            await self._broker._wait(sleep)
+        return []
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Push back each deadline by the lease length while the token still holds."""
+        result = []
+        deadline = monotonic() + self._lease
+        for delivery in deliveries:
+            stored = self._broker._held(delivery)
+            if stored is not None:
+                stored.deadline = deadline
+            result.append(stored is not None)
+        return result
+
+    def _settled(self, delivery: Delivery) -> _Stored | None:
+        self._held.pop(delivery.handle, None)
+        return self._broker._settle(delivery)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove finished jobs."""
+        return [self._settled(d) is not None for d in deliveries]
+
+    async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
+        """Swap the leased job for its next attempt."""
+        stored = self._settled(delivery)
+        if stored is None:
+            return False
+        self._broker._store(stored.queue, stored.job_id, body, not_before)
+        self._broker._notify()
+        return True
+
+    async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
+        """Move the leased job to the dead letters of its queue."""
+        stored = self._settled(delivery)
+        if stored is None:
+            return False
+        dead_id = stored.job_id or uuid.uuid4().hex
+        dead = self._broker._queue(stored.queue).dead
+        dead.pop(dead_id, None)
+        dead[dead_id] = DeadLetter(dead_id, stored.queue, stored.body, info)
+        return True
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Back to the front of ready, not counted as a delivery."""
+        for delivery in deliveries:
+            self._held.pop(delivery.handle, None)
+            stored = self._broker._held(delivery)
+            if stored is None:
+                continue
+            queue = self._broker._queue(stored.queue)
+            stored.token = None
+            stored.delivery_count -= 1
+            stored.ready_since = monotonic()
+            queue.in_flight -= 1
+            queue.ready.appendleft(delivery.handle)
+        self._broker._notify()
+
+    async def close(self) -> None:
+        """Release everything still held."""
+        self._closed = True
+        await self.release(list(self._held.values()))

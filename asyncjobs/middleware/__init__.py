@@ -1,0 +1,1 @@
+"""Middleware: the onion of async callables that wraps every handler."""

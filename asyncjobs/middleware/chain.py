@@ -1,0 +1,38 @@
+"""The middleware onion: each middleware wraps the next with ``async def __call__(job, call_next)``.
+
+A middleware can wrap the rest of the chain in ``async with`` (a span, a cancel scope, a dedupe
+claim), inspect or replace the :class:`~asyncjobs.job.Outcome`, or return one without calling
+``call_next`` (a duplicate that must not run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from asyncjobs.job import Job, Outcome
+
+CallNext = Callable[[Job], Awaitable[Outcome]]
+
+
+class Middleware(Protocol):
+    """One layer of the onion."""
+
+    async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+        """Process ``job``, normally by awaiting ``call_next(job)`` once."""
+        ...
+
+
+def build_chain(middleware: Sequence[Middleware], innermost: CallNext) -> CallNext:
+    """Compose ``middleware`` (outermost first) around ``innermost``."""
+    call = innermost
+    for layer in reversed(middleware):
+        call = _bind(layer, call)
+    return call
+
+
+def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
+    async def call(job: Job) -> Outcome:
+        return await layer(job, call_next)
+
+    return call

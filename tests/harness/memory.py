@@ -1,0 +1,20 @@
+"""Harness for the in-memory broker: a fresh named broker per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from asyncjobs.broker import Broker
+from asyncjobs.memory import MemoryBroker
+
+
+@asynccontextmanager
+async def memory_harness(namespace: str) -> AsyncIterator[Broker]:
+    """A connected in-memory broker that no other test shares."""
+    broker = MemoryBroker(f"memory://{namespace}")
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.close()
