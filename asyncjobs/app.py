@@ -1,0 +1,249 @@
+"""The App: task registry, broker selection and the enqueue API."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, overload
+
+from asyncjobs.broker import Broker, OutgoingJob, from_url
+from asyncjobs.clock import wall_time
+from asyncjobs.envelope import Envelope, new_id
+from asyncjobs.errors import ConfigError, PayloadTooLargeError
+from asyncjobs.middleware.chain import Middleware
+from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
+from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
+
+DEFAULT_BROKER_URL = "memory://"
+BROKER_URL_ENV = "ASYNCJOBS_BROKER_URL"
+
+Publish = Callable[[Sequence[Envelope]], Awaitable[list[bool]]]
+F = TypeVar("F")
+
+
+class ProducerMiddleware(Protocol):
+    """Wraps every enqueue: may replace envelopes (e.g. add trace headers) before publishing."""
+
+    async def __call__(self, envelopes: Sequence[Envelope], call_next: Publish) -> list[bool]:
+        """Publish ``envelopes`` through ``call_next``, returning its result."""
+        ...
+
+
+class EnqueueGuard(Protocol):
+    """Enqueue-time dedupe for brokers that cannot do it themselves (see ``DedupeStore``)."""
+
+    async def claim_enqueue(self, key: str, ttl: float) -> bool:
+        """Claim ``key`` for ``ttl`` seconds; ``False`` when it is taken."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """What an enqueue returns. ``accepted`` is ``False`` when an idempotency key blocked it."""
+
+    id: str
+    task: str
+    queue: str
+    accepted: bool = True
+
+
+class App:
+    """A set of tasks bound to a broker.
+
+    ``broker`` is a URL (``memory://``, ``redis://...``, ``amqp://...``) or a broker object;
+    by default ``$ASYNCJOBS_BROKER_URL``, else ``memory://``. ``middleware`` wraps every handler
+    (outermost first) inside the built-in tracing layer and outside dedupe, retry and timeout.
+    """
+
+    def __init__(
+        self,
+        broker: str | Broker | None = None,
+        *,
+        middleware: Sequence[Middleware] = (),
+        producer_middleware: Sequence[ProducerMiddleware] = (),
+        enqueue_guard: EnqueueGuard | None = None,
+        max_payload_bytes: int = 1024 * 1024,
+        default_queue: str = "default",
+    ) -> None:
+        if max_payload_bytes <= 0:
+            raise ConfigError(f"max_payload_bytes must be > 0, got {max_payload_bytes}")
+        self._broker: Broker | None = None if broker is None or isinstance(broker, str) else broker
+        self.broker_url = broker if isinstance(broker, str) else os.environ.get(BROKER_URL_ENV, DEFAULT_BROKER_URL)
+        if self._broker is not None:
+            self.broker_url = self._broker.url
+        self.tasks: dict[str, TaskSpec] = {}
+        self.middleware = list(middleware)
+        self.producer_middleware = list(producer_middleware)
+        self.enqueue_guard = enqueue_guard
+        self.max_payload_bytes = max_payload_bytes
+        self.default_queue = default_queue
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, created from :attr:`broker_url` on first use (not yet connected)."""
+        if self._broker is None:
+            self._broker = from_url(self.broker_url)
+        return self._broker
+
+    def use_broker(self, broker: str | Broker) -> None:
+        """Switch to another broker (a URL or an object) before connecting."""
+        self._broker = None if isinstance(broker, str) else broker
+        self.broker_url = broker if isinstance(broker, str) else broker.url
+
+    async def __aenter__(self) -> App:
+        await self.broker.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.close()
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = 60.0,
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        permanent_on: Sequence[type[BaseException]] = (),
+        retry_unknown: bool = True,
+        unique_ttl: float = 3600.0,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, Awaitable[R]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timeout: float | None = 60.0,
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        permanent_on: Sequence[type[BaseException]] = (),
+        retry_unknown: bool = True,
+        unique_ttl: float = 3600.0,
+    ) -> Task[P, R] | Callable[[Callable[P, Awaitable[R]]], Task[P, R]]:
+        """Register an ``async def`` as a task (``@app.task`` or ``@app.task(timeout=...)``).
+
+        ``retry_on`` / ``permanent_on`` extend the default classification (timeouts, connection
+        errors and ``Retry`` retry; ``PermanentError``, bad payloads and unknown tasks do not);
+        ``retry_unknown`` decides for every other exception.
+        """
+        options = TaskOptions(
+            queue=queue or self.default_queue,
+            timeout=timeout,
+            retry=RetryPolicy(
+                max_attempts=max_attempts,
+                backoff=backoff or Backoff(),
+                retry_on=(*DEFAULT_RETRYABLE, *retry_on),
+                permanent_on=(*DEFAULT_PERMANENT, *permanent_on),
+                retry_unknown=retry_unknown,
+            ),
+            unique_ttl=unique_ttl,
+        )
+
+        def register(handler: Callable[P, Awaitable[R]]) -> Task[P, R]:
+            if not inspect.iscoroutinefunction(handler):
+                raise ConfigError(f"task {getattr(handler, '__name__', handler)!r} must be an 'async def' function")
+            task_name = name or f"{handler.__module__}.{handler.__qualname__}"
+            if task_name in self.tasks and self.tasks[task_name].fn is not handler:
+                raise ConfigError(f"a different task is already registered as {task_name!r}; pass name=...")
+            spec = TaskSpec(task_name, handler, options, inspect.signature(handler))
+            self.tasks[task_name] = spec
+            return Task(self, spec)
+
+        return register(fn) if fn is not None else register
+
+    def build(self, spec: TaskSpec, call: CallOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
+        """The envelope of one call, with its arguments checked against the handler's signature."""
+        try:
+            spec.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {spec.name!r}: {exc}") from None
+        now = wall_time()
+        extra: dict[str, Any] = {}
+        if call.max_attempts is not None:
+            extra["max_attempts"] = call.max_attempts
+        return Envelope(
+            task=spec.name,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            id=call.job_id or new_id(),
+            queue=call.queue or spec.options.queue,
+            enqueued_at=now,
+            not_before=now + call.delay if call.delay else None,
+            timeout=call.timeout,
+            key=call.key,
+            headers=dict(call.headers or {}),
+            extra=extra,
+        )
+
+    async def enqueue_call(
+        self, spec: TaskSpec, call: CallOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> JobRef:
+        """Enqueue one call of a registered task (what :meth:`Task.enqueue` does)."""
+        [ref] = await self.publish([self.build(spec, call, args, kwargs)])
+        return ref
+
+    async def enqueue_many(
+        self, task: Task[P, R], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> list[JobRef]:
+        """Enqueue many calls of one task in as few broker round trips as the broker allows.
+
+        Build each call with ``task.call(...)`` so the type checker sees the handler's signature.
+        """
+        envelopes = [self.build(task.spec, task._call, args, kwargs) for args, kwargs in calls]
+        return await self.publish(envelopes)
+
+    async def enqueue(self, task_name: str, *args: Any, **kwargs: Any) -> JobRef:
+        """Enqueue by task name (when the handler is not importable here); not type-checked."""
+        spec = self.tasks.get(task_name)
+        if spec is None:
+            spec = TaskSpec(task_name, _unknown, TaskOptions(queue=self.default_queue), inspect.signature(_unknown))
+        return await self.enqueue_call(spec, CallOptions(), args, kwargs)
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[JobRef]:
+        """Send built envelopes through the producer middleware to the broker."""
+        call: Publish = self._send
+        for layer in reversed(self.producer_middleware):
+            call = _bind_producer(layer, call)
+        accepted = await call(envelopes)
+        return [JobRef(e.id, e.task, e.queue, ok) for e, ok in zip(envelopes, accepted, strict=True)]
+
+    async def _send(self, envelopes: Sequence[Envelope]) -> list[bool]:
+        jobs: list[OutgoingJob] = []
+        blocked: set[int] = set()
+        for index, env in enumerate(envelopes):
+            body = env.encode()
+            if len(body) > self.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"job {env.task!r} encodes to {len(body)} bytes, over max_payload_bytes={self.max_payload_bytes}"
+                )
+            ttl = self.tasks[env.task].options.unique_ttl if env.task in self.tasks else 3600.0
+            if env.key and not self.broker.supports_unique and self.enqueue_guard is not None:
+                if not await self.enqueue_guard.claim_enqueue(env.key, ttl):
+                    blocked.add(index)
+                    continue
+            jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0))
+        stored = iter(await self.broker.enqueue(jobs) if jobs else [])
+        return [False if i in blocked else next(stored) for i in range(len(envelopes))]
+
+
+def _bind_producer(layer: ProducerMiddleware, call_next: Publish) -> Publish:
+    async def call(envelopes: Sequence[Envelope]) -> list[bool]:
+        return await layer(envelopes, call_next)
+
+    return call
+
+
+async def _unknown(*args: Any, **kwargs: Any) -> None:  # placeholder signature for by-name enqueue
+    raise NotImplementedError

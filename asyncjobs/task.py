@@ -1,0 +1,117 @@
+"""Task handles: a registered ``async def`` plus its options, typed with its own signature."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from asyncjobs.errors import ConfigError
+from asyncjobs.retrying import RetryPolicy
+
+if TYPE_CHECKING:
+    from asyncjobs.app import App, JobRef
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task defaults; every field but ``retry`` can be overridden per call.
+
+    ``timeout`` is seconds per attempt (``None``: no limit, the lease heartbeat keeps it alive).
+    ``unique_ttl`` is how long an idempotency key blocks a second enqueue.
+    """
+
+    queue: str = "default"
+    timeout: float | None = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    unique_ttl: float = 3600.0
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts allowed in all (from the retry policy)."""
+        return self.retry.max_attempts
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds or None, got {self.timeout}")
+        if not self.queue:
+            raise ConfigError("queue must be a non-empty name")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What the registry keeps of a task: its name, handler, signature and options."""
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    options: TaskOptions
+    signature: inspect.Signature
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Options of one enqueue call (``None``: the task's default)."""
+
+    delay: float | None = None
+    key: str | None = None
+    timeout: float | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
+    job_id: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call ``await task.enqueue(...)`` with the handler's own arguments.
+
+    Calling the task object directly (``await task(...)``) runs the handler in-process, which is
+    handy in tests.
+    """
+
+    def __init__(self, app: App, spec: TaskSpec, call: CallOptions | None = None) -> None:
+        self.app = app
+        self.spec = spec
+        self._call = call or CallOptions()
+
+    @property
+    def name(self) -> str:
+        """The registered name."""
+        return self.spec.name
+
+    def options(
+        self,
+        *,
+        delay: float | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        job_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Task[P, R]:
+        """A handle whose enqueues use these options (per-call overrides of the task's)."""
+        if delay is not None and delay < 0:
+            raise ConfigError(f"delay must be >= 0 seconds, got {delay}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        changes = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        return Task(self.app, self.spec, replace(self._call, **changes))
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
+        """Validate the arguments against the handler's signature and enqueue one job."""
+        return await self.app.enqueue_call(self.spec, self._call, args, kwargs)
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Bundle arguments for :meth:`App.enqueue_many`, checked by the type checker."""
+        return args, kwargs
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the handler here and now, without a broker."""
+        result: R = await self.spec.fn(*args, **kwargs)
+        return result
