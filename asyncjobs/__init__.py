@@ -1,1 +1,70 @@
-"""asyncjobs: background jobs for asyncio services, that are not lost and not run twice silently."""
+"""asyncjobs: background jobs for asyncio services that are not lost and not run twice silently.
+
+Users import from here only; every other module may change.
+"""
+
+from anyio.to_thread import run_sync
+
+from asyncjobs.app import App, JobRef
+from asyncjobs.broker import Broker, Consumer, DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats, from_url
+from asyncjobs.config import WorkerConfig
+from asyncjobs.envelope import Envelope
+from asyncjobs.errors import (
+    AsyncJobsError,
+    BrokerConnectionError,
+    BrokerError,
+    BrokerURLError,
+    ConfigError,
+    EnvelopeError,
+    JobTimeout,
+    LeaseLost,
+    PayloadTooLargeError,
+    PermanentError,
+    Retry,
+    UnknownTaskError,
+)
+from asyncjobs.job import Job, Outcome
+from asyncjobs.middleware.chain import CallNext, Middleware
+from asyncjobs.retrying import Backoff, RetryPolicy
+from asyncjobs.settle import WorkerStats
+from asyncjobs.task import Task, TaskOptions
+from asyncjobs.worker import Worker, run_worker
+
+__all__ = [
+    "App",
+    "AsyncJobsError",
+    "Backoff",
+    "Broker",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BrokerURLError",
+    "CallNext",
+    "ConfigError",
+    "Consumer",
+    "DeadLetter",
+    "DeadLetterInfo",
+    "Delivery",
+    "Envelope",
+    "EnvelopeError",
+    "Job",
+    "JobRef",
+    "JobTimeout",
+    "LeaseLost",
+    "Middleware",
+    "OutgoingJob",
+    "Outcome",
+    "PayloadTooLargeError",
+    "PermanentError",
+    "QueueStats",
+    "Retry",
+    "RetryPolicy",
+    "Task",
+    "TaskOptions",
+    "UnknownTaskError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
+    "from_url",
+    "run_sync",
+    "run_worker",
+]

@@ -117,7 +117,7 @@ class App:
         unique_ttl: float = 3600.0,
     ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
 
-    def task(
+    def task(  # type: ignore[misc]
         self,
         fn: Callable[P, Awaitable[R]] | None = None,
         /,

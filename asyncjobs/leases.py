@@ -1,0 +1,150 @@
+"""Lease keeping: one batched heartbeat for every held lease, and the loop-stall detector."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+
+import anyio
+
+from asyncjobs import instruments
+from asyncjobs.broker import Consumer, Delivery
+from asyncjobs.clock import monotonic
+from asyncjobs.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Held:
+    """One lease this worker holds, and the cancel scope of the handler running under it."""
+
+    delivery: Delivery
+    confirmed_until: float
+    scope: anyio.CancelScope | None = None
+    label: str = ""
+    lost: bool = False
+    stopping: bool = False
+
+    def cancel(self) -> None:
+        """Cancel the handler running under this lease, if any."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class LeaseKeeper:
+    """Extends every held lease in one broker call per heartbeat.
+
+    A lease the broker reports as lost is marked ``lost`` and its handler cancelled at once: the
+    job may already run elsewhere, so it must not be acked. When the broker cannot be reached,
+    leases are kept as long as their last confirmed deadline lasts, then given up the same way.
+    """
+
+    def __init__(self, consumer: Consumer, lease_seconds: float, interval: float) -> None:
+        self._consumer = consumer
+        self._lease = lease_seconds
+        self._interval = interval
+        self.held: dict[Delivery, Held] = {}
+
+    def add(self, delivery: Delivery) -> Held:
+        """Start keeping the lease of a new delivery."""
+        held = self.held[delivery] = Held(delivery, monotonic() + self._lease)
+        return held
+
+    def remove(self, held: Held) -> None:
+        """Stop keeping a lease (settled, released or lost)."""
+        self.held.pop(held.delivery, None)
+
+    async def run(self) -> None:
+        """Beat every ``interval`` seconds until cancelled (no-op loop when heartbeats are off)."""
+        if self._interval <= 0:
+            return
+        while True:
+            await anyio.sleep(self._interval)
+            await self.beat()
+
+    async def beat(self) -> None:
+        """Extend every held lease now, in one round trip."""
+        items = [h for h in self.held.values() if not h.lost]
+        if not items:
+            return
+        sent_at = monotonic()
+        try:
+            results = await self._consumer.extend([h.delivery for h in items])
+        except (BrokerError, ConnectionError, OSError) as exc:
+            log.warning("lease extension failed (%s); %d leases kept until their deadline", exc, len(items))
+            for held in items:
+                if monotonic() >= held.confirmed_until:
+                    self._lose(held, "its deadline passed while the broker was unreachable")
+            return
+        extended = 0
+        for held, ok in zip(items, results, strict=True):
+            if ok:
+                held.confirmed_until = sent_at + self._lease
+                extended += 1
+            else:
+                self._lose(held, "the broker reports the lease is no longer ours")
+        if extended:
+            instruments.leases_extended.add(extended)
+
+    def _lose(self, held: Held, why: str) -> None:
+        if held.lost:
+            return
+        held.lost = True
+        instruments.leases_lost.add(1)
+        log.error("lease lost for %s: %s; cancelling its handler, it will not be acked", held.label, why)
+        held.cancel()
+
+
+class StallDetector:
+    """Notices when the event loop is blocked and names the job whose code blocked it.
+
+    A thread watches a timestamp the loop refreshes; when it goes stale past ``threshold`` the
+    thread reads which task the loop is running and reports the job that task is processing.
+    Blocked loops stop every heartbeat of the worker, so this is logged as an error and counted.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.jobs: dict[asyncio.Task[object], str] = {}
+        self.stalls = 0
+        self._tick = monotonic()
+        self._stop = threading.Event()
+        self._culprit: str | None = None
+
+    async def run(self) -> None:
+        """Refresh the timestamp until cancelled, with the watchdog thread running alongside."""
+        loop = asyncio.get_running_loop()
+        watchdog = threading.Thread(target=self._watch, args=(loop,), name="asyncjobs-stall-watch", daemon=True)
+        watchdog.start()
+        step = self.threshold / 4
+        try:
+            while True:
+                before = monotonic()
+                await anyio.sleep(step)
+                self._tick = now = monotonic()
+                lag = now - before - step
+                if lag > self.threshold:
+                    self._report(lag)
+        finally:
+            self._stop.set()
+
+    def _report(self, lag: float) -> None:
+        self.stalls += 1
+        culprit, self._culprit = self._culprit, None
+        instruments.loop_stalls.add(1)
+        instruments.loop_stall_seconds.record(lag)
+        log.error(
+            "event loop blocked for %.2fs by %s: heartbeats stopped meanwhile; run blocking code with "
+            "asyncjobs.run_sync (a thread)",
+            lag, culprit or "code outside any job",
+        )
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stop.wait(self.threshold / 4):
+            if monotonic() - self._tick > self.threshold and self._culprit is None:
+                task = asyncio.current_task(loop)
+                label = self.jobs.get(task) if task is not None else None
+                self._culprit = label or (f"task {task.get_name()}" if task else None)

@@ -1,0 +1,232 @@
+"""The worker: fetch under leases, run each job in its own cancel scope, settle, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from asyncjobs import instruments
+from asyncjobs.app import App
+from asyncjobs.broker import Broker, Consumer, Delivery
+from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.config import WorkerConfig
+from asyncjobs.envelope import Envelope, decode
+from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, UnknownTaskError
+from asyncjobs.job import Job, Outcome
+from asyncjobs.leases import Held, LeaseKeeper, StallDetector
+from asyncjobs.middleware.chain import CallNext, Middleware, build_chain
+from asyncjobs.middleware.retry import RetryMiddleware
+from asyncjobs.middleware.timeout import TimeoutMiddleware
+from asyncjobs.settle import AckBatcher, Settler, WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+async def invoke(job: Job) -> Outcome:
+    """The innermost layer: check the arguments against the handler's signature, then call it."""
+    env = job.envelope
+    try:
+        job.spec.signature.bind(*env.args, **env.kwargs)
+    except TypeError as exc:
+        raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
+    return Outcome("done", result=await job.spec.fn(*env.args, **env.kwargs))
+
+
+class Worker:
+    """Runs an :class:`App`'s tasks from its broker until stopped.
+
+    Holds at most ``config.leases_held`` leases and runs ``config.concurrency`` jobs at once,
+    each in its own cancel scope. One lease keeper extends every held lease per heartbeat.
+    :meth:`stop` (or SIGTERM/SIGINT) stops fetching, gives back jobs that have not started,
+    lets running jobs finish for ``drain_seconds``, then cancels and gives back the rest at
+    once; a second stop gives everything back immediately.
+    """
+
+    def __init__(self, app: App, config: WorkerConfig | None = None, *, middleware: Sequence[Middleware] = ()) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.stats = WorkerStats()
+        layers = [*middleware, *app.middleware, RetryMiddleware(), TimeoutMiddleware()]
+        self._chain: CallNext = build_chain(layers, invoke)
+        self._stop_requests = 0
+        self._stopping: anyio.Event | None = None
+        self._drain_over: anyio.Event | None = None
+        self._slots: anyio.Semaphore | None = None
+        self.stall = StallDetector(self.config.stall_seconds)
+        self.ready = threading.Event()
+
+    @property
+    def broker(self) -> Broker:
+        """The app's broker."""
+        return self.app.broker
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; a second call stops at once. Call from the worker's loop."""
+        self._stop_requests += 1
+        if self._stopping is not None:
+            self._stopping.set()
+            if self._stop_requests > 1 and self._drain_over is not None:
+                self._drain_over.set()
+
+    async def run(self) -> WorkerStats:
+        """Work until :meth:`stop` is called or a shutdown signal arrives; return the counts."""
+        self.config.check_tasks(self.app.tasks.values())
+        self._stopping, self._drain_over = anyio.Event(), anyio.Event()
+        if self._stop_requests:
+            self._stopping.set()
+        self._slots = anyio.Semaphore(self.config.leases_held)
+        await self.broker.connect()
+        consumer = await self.broker.consumer(
+            self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
+        )
+        keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
+        acks = AckBatcher(consumer)
+        settler = Settler(consumer, acks, self.stats)
+        send, receive = anyio.create_memory_object_stream[Delivery](self.config.leases_held)
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(keeper.run)
+                services.start_soon(acks.run)
+                services.start_soon(self.stall.run)
+                services.start_soon(self._drain_deadline, keeper)
+                if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
+                    services.start_soon(self._watch_signals)
+                async with anyio.create_task_group() as runners:
+                    for _ in range(self.config.concurrency):
+                        runners.start_soon(self._runner, receive.clone(), consumer, keeper, settler)
+                    receive.close()
+                    self.ready.set()
+                    log.info("worker started: queues=%s concurrency=%d", ",".join(self.config.queues), self.config.concurrency)
+                    await self._fetch_loop(consumer, send)
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await consumer.close()
+        log.info("worker stopped: %s", self.stats)
+        return self.stats
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.warning("received %s: %s", signal.Signals(signum).name,
+                            "stopping now" if self._stop_requests else "draining, send again to stop now")
+                self.stop()
+
+    async def _fetch_loop(self, consumer: Consumer, send: MemoryObjectSendStream[Delivery]) -> None:
+        """Lease as many jobs as there are free slots, one broker call at a time."""
+        assert self._stopping is not None and self._slots is not None
+        slots, stopping = self._slots, self._stopping
+        async with send:
+            while not stopping.is_set():
+                with anyio.move_on_after(self.config.fetch_wait_seconds) as waited:
+                    await slots.acquire()
+                if waited.cancelled_caught:
+                    continue
+                if stopping.is_set():
+                    slots.release()
+                    break
+                taken = 1
+                while slots.value > 0:
+                    slots.acquire_nowait()
+                    taken += 1
+                try:
+                    deliveries = await consumer.fetch(taken, self.config.fetch_wait_seconds)
+                except Exception as exc:
+                    log.error("fetch failed (%s); retrying in 1s", exc)
+                    deliveries = []
+                    await anyio.sleep(1.0)
+                for _ in range(taken - len(deliveries)):
+                    slots.release()
+                for delivery in deliveries:
+                    await send.send(delivery)
+
+    async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
+        assert self._stopping is not None and self._drain_over is not None
+        await self._stopping.wait()
+        with anyio.move_on_after(self.config.drain_seconds):
+            await self._drain_over.wait()
+        running = [h for h in keeper.held.values() if h.scope is not None]
+        if running:
+            log.warning("drain time over: cancelling %d running jobs and giving them back", len(running))
+        for held in running:
+            held.stopping = True
+            held.cancel()
+
+    async def _runner(
+        self, receive: MemoryObjectReceiveStream[Delivery], consumer: Consumer, keeper: LeaseKeeper, settler: Settler
+    ) -> None:
+        assert self._stopping is not None and self._slots is not None
+        task = asyncio.current_task()
+        async with receive:
+            async for delivery in receive:
+                held = keeper.add(delivery)
+                try:
+                    if self._stopping.is_set():
+                        await settler.release([delivery])
+                        continue
+                    await self._run_one(held, settler, task)
+                finally:
+                    keeper.remove(held)
+                    self._slots.release()
+
+    async def _run_one(self, held: Held, settler: Settler, task: asyncio.Task[Any] | None) -> None:
+        delivery = held.delivery
+        started = wall_time()
+        env: Envelope | None = None
+        attempt = delivery.delivery_count
+        outcome: Outcome | None = None
+        instruments.in_flight.add(1)
+        try:
+            with anyio.CancelScope() as scope:
+                held.scope = scope
+                try:
+                    env = decode(delivery.body)
+                    attempt = env.attempt + delivery.delivery_count - 1
+                except EnvelopeError as exc:
+                    outcome = Outcome("dead", "malformed", exc)
+                held.label = f"job {delivery.job_id} (task {env.task if env else '?'}, attempt {attempt})"
+                if task is not None:
+                    self.stall.jobs[task] = held.label
+                if env is not None:
+                    outcome = await self._attempt(delivery, env, attempt, started)
+        finally:
+            held.scope = None
+            instruments.in_flight.add(-1)
+            if task is not None:
+                self.stall.jobs.pop(task, None)
+        if held.lost:
+            self.stats.lease_lost += 1
+            return
+        if outcome is None:  # cancelled by shutdown before an outcome: give it back now
+            await settler.release([delivery])
+            return
+        with anyio.CancelScope(shield=True):
+            await settler.settle(delivery, env, attempt, outcome, started)
+
+    async def _attempt(self, delivery: Delivery, env: Envelope, attempt: int, started: float) -> Outcome:
+        spec = self.app.tasks.get(env.task)
+        if spec is None:
+            return Outcome("dead", "unknown_task", UnknownTaskError(f"no task named {env.task!r} is registered"))
+        job = Job(env, delivery, spec, attempt, started)
+        if attempt > job.max_attempts:
+            error = AsyncJobsError(
+                f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
+                f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
+            )
+            return Outcome("dead", "max_attempts", error)
+        began = monotonic()
+        outcome = await self._chain(job)
+        instruments.job_duration.record(monotonic() - began, {"task": env.task, "outcome": outcome.kind})
+        return outcome
+
+
+async def run_worker(app: App, config: WorkerConfig | None = None) -> WorkerStats:
+    """Run a worker for ``app`` until a shutdown signal; the CLI's entry point."""
+    return await Worker(app, config).run()
