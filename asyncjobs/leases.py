@@ -27,6 +27,7 @@ class Held:
     label: str = ""
     lost: bool = False
     stopping: bool = False
+    settling: bool = False
 
     def cancel(self) -> None:
         """Cancel the handler running under this lease, if any."""
@@ -81,6 +82,8 @@ class LeaseKeeper:
             return
         extended = 0
         for held, ok in zip(items, results, strict=True):
+            if held.settling or held.delivery not in self.held:
+                continue  # settled while the extension was in flight: nothing to lose
             if ok:
                 held.confirmed_until = sent_at + self._lease
                 extended += 1
@@ -139,7 +142,8 @@ class StallDetector:
         log.error(
             "event loop blocked for %.2fs by %s: heartbeats stopped meanwhile; run blocking code with "
             "asyncjobs.run_sync (a thread)",
-            lag, culprit or "code outside any job",
+            lag,
+            culprit or "code outside any job",
         )
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:

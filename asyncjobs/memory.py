@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from asyncjobs.broker import Delivery, DeadLetter, DeadLetterInfo, OutgoingJob, QueueStats
+from asyncjobs.broker import DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import peek_id
 

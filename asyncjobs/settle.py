@@ -12,8 +12,9 @@ import anyio
 
 from asyncjobs import instruments
 from asyncjobs.broker import Consumer, DeadLetterInfo, Delivery
-from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.clock import wall_time
 from asyncjobs.envelope import Envelope
+from asyncjobs.errors import JobTimeout
 from asyncjobs.job import Outcome
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ def with_history(env: Envelope, entry: dict[str, Any]) -> Envelope:
     return replace(env, extra={**env.extra, "history": history})
 
 
-def dead_letter_info(outcome: Outcome, attempts: int, task: str | None, history: Sequence[dict[str, Any]]) -> DeadLetterInfo:
+def dead_letter_info(
+    outcome: Outcome, attempts: int, task: str | None, history: Sequence[dict[str, Any]]
+) -> DeadLetterInfo:
     """What a dead letter keeps of the failure."""
     error = outcome.error
     return DeadLetterInfo(
@@ -114,7 +117,9 @@ class Settler:
         self._acks = acks
         self.stats = stats
 
-    async def settle(self, delivery: Delivery, env: Envelope | None, attempt: int, outcome: Outcome, started: float) -> bool:
+    async def settle(
+        self, delivery: Delivery, env: Envelope | None, attempt: int, outcome: Outcome, started: float
+    ) -> bool:
         """Carry out ``outcome``; ``False`` when the lease was lost before it could be settled."""
         label = f"job {delivery.job_id} (task {env.task if env else '?'}, attempt {attempt})"
         if outcome.kind in ("done", "skipped"):
@@ -132,7 +137,7 @@ class Settler:
             ok = await self._consumer.retry(delivery, nxt.encode(), not_before)
             if ok and outcome.kind == "retry":
                 self.stats.retried += 1
-                self.stats.timed_out += outcome.reason == "timeout"
+                self.stats.timed_out += isinstance(outcome.error, JobTimeout)
                 error = type(outcome.error).__name__ if outcome.error else "none"
                 instruments.retries.add(1, {"task": env.task, "error": error})
                 log.warning("%s failed (%s: %s); retry in %.2fs", label, error, outcome.error, outcome.delay)
@@ -146,7 +151,7 @@ class Settler:
             ok = await self._consumer.dead_letter(delivery, info)
             if ok:
                 self.stats.dead += 1
-                self.stats.timed_out += outcome.reason == "timeout"
+                self.stats.timed_out += isinstance(outcome.error, JobTimeout)
                 instruments.dead_letters.add(1, {"reason": outcome.reason})
                 log.error("%s dead-lettered (%s): %s: %s", label, outcome.reason, info.error_type, info.error_message)
         if not ok:
@@ -164,8 +169,3 @@ class Settler:
                 self.stats.released += len(deliveries)
             except Exception as exc:
                 log.error("could not release %d jobs (%s); they return when their leases expire", len(deliveries), exc)
-
-
-def elapsed_since(start: float) -> float:
-    """Seconds since a :func:`monotonic` reading."""
-    return monotonic() - start

@@ -89,7 +89,7 @@ class Worker:
         keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
         acks = AckBatcher(consumer)
         settler = Settler(consumer, acks, self.stats)
-        send, receive = anyio.create_memory_object_stream[Delivery](self.config.leases_held)
+        send, receive = anyio.create_memory_object_stream[Held](self.config.leases_held)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
@@ -103,8 +103,12 @@ class Worker:
                         runners.start_soon(self._runner, receive.clone(), consumer, keeper, settler)
                     receive.close()
                     self.ready.set()
-                    log.info("worker started: queues=%s concurrency=%d", ",".join(self.config.queues), self.config.concurrency)
-                    await self._fetch_loop(consumer, send)
+                    log.info(
+                        "worker started: queues=%s concurrency=%d",
+                        ",".join(self.config.queues),
+                        self.config.concurrency,
+                    )
+                    await self._fetch_loop(consumer, keeper, send)
                 services.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -115,11 +119,14 @@ class Worker:
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.warning("received %s: %s", signal.Signals(signum).name,
-                            "stopping now" if self._stop_requests else "draining, send again to stop now")
+                log.warning(
+                    "received %s: %s",
+                    signal.Signals(signum).name,
+                    "stopping now" if self._stop_requests else "draining, send again to stop now",
+                )
                 self.stop()
 
-    async def _fetch_loop(self, consumer: Consumer, send: MemoryObjectSendStream[Delivery]) -> None:
+    async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper, send: MemoryObjectSendStream[Held]) -> None:
         """Lease as many jobs as there are free slots, one broker call at a time."""
         assert self._stopping is not None and self._slots is not None
         slots, stopping = self._slots, self._stopping
@@ -145,7 +152,7 @@ class Worker:
                 for _ in range(taken - len(deliveries)):
                     slots.release()
                 for delivery in deliveries:
-                    await send.send(delivery)
+                    await send.send(keeper.add(delivery))  # kept alive from now, even before it runs
 
     async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
         assert self._stopping is not None and self._drain_over is not None
@@ -160,18 +167,19 @@ class Worker:
             held.cancel()
 
     async def _runner(
-        self, receive: MemoryObjectReceiveStream[Delivery], consumer: Consumer, keeper: LeaseKeeper, settler: Settler
+        self, receive: MemoryObjectReceiveStream[Held], consumer: Consumer, keeper: LeaseKeeper, settler: Settler
     ) -> None:
         assert self._stopping is not None and self._slots is not None
         task = asyncio.current_task()
         async with receive:
-            async for delivery in receive:
-                held = keeper.add(delivery)
+            async for held in receive:
                 try:
-                    if self._stopping.is_set():
-                        await settler.release([delivery])
-                        continue
-                    await self._run_one(held, settler, task)
+                    if held.lost:
+                        self.stats.lease_lost += 1
+                    elif self._stopping.is_set():
+                        await settler.release([held.delivery])
+                    else:
+                        await self._run_one(held, settler, task)
                 finally:
                     keeper.remove(held)
                     self._slots.release()
@@ -207,6 +215,7 @@ class Worker:
         if outcome is None:  # cancelled by shutdown before an outcome: give it back now
             await settler.release([delivery])
             return
+        held.settling = True
         with anyio.CancelScope(shield=True):
             await settler.settle(delivery, env, attempt, outcome, started)
 

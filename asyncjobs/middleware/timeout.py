@@ -35,7 +35,10 @@ class TimeoutMiddleware:
             log.warning(
                 "job %s (task %s, attempt %d) swallowed its cancellation at the %ss timeout; "
                 "handlers must let CancelledError propagate",
-                job.id, job.task, job.attempt, timeout,
+                job.id,
+                job.task,
+                job.attempt,
+                timeout,
             )
             job.state["cancellation_swallowed"] = True
         raise JobTimeout(f"job exceeded its timeout of {timeout:g}s")
