@@ -67,6 +67,11 @@ class Worker:
         """The app's broker."""
         return self.app.broker
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a shutdown has been asked for."""
+        return self._stop_requests > 0
+
     def stop(self) -> None:
         """Begin a graceful shutdown; a second call stops at once. Call from the worker's loop."""
         self._stop_requests += 1

@@ -1,0 +1,362 @@
+"""The worker's promises (DESIGN.md), on the in-memory broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import pytest
+
+from asyncjobs import PayloadTooLargeError, PermanentError, Retry
+from asyncjobs.broker import OutgoingJob
+from asyncjobs.envelope import Envelope, decode
+from asyncjobs.memory import MemoryBroker
+from asyncjobs.retrying import Backoff
+from tests.runtime.helpers import eventually, memory_app, running
+
+pytestmark = pytest.mark.anyio
+QUICK = Backoff(base=0.01, cap=0.05)
+
+
+async def test_timeout_cancels_only_its_own_job() -> None:
+    app = memory_app()
+    finished: list[str] = []
+
+    @app.task(name="stuck", timeout=0.2, max_attempts=1)
+    async def stuck() -> None:
+        await anyio.sleep(30)
+
+    @app.task(name="steady")
+    async def steady() -> None:
+        await anyio.sleep(0.5)
+        finished.append("steady")
+
+    await stuck.enqueue()
+    await steady.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 1 and worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.error_type == "JobTimeout"
+    assert finished == ["steady"]
+    assert worker.stats.timed_out == 1
+
+
+async def test_job_longer_than_its_lease_runs_once_while_heartbeats_hold() -> None:
+    app = memory_app()
+    runs: list[int] = []
+
+    @app.task(name="long", timeout=10)
+    async def long() -> None:
+        runs.append(1)
+        await anyio.sleep(2.0)  # more than three leases of 0.6 s
+
+    await long.enqueue()
+    async with running(app, lease_seconds=0.6) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+    assert runs == [1]
+    assert worker.stats.lease_lost == 0
+
+
+async def test_job_of_a_vanished_worker_is_redelivered_once_after_its_lease() -> None:
+    app = memory_app()
+    seen: list[int] = []
+
+    @app.task(name="once")
+    async def once() -> None:
+        seen.append(1)
+
+    await once.enqueue()
+    ghost = await app.broker.consumer(["default"], prefetch=1, lease_seconds=0.4)
+    [taken] = await ghost.fetch(1, 1.0)  # a worker that took the job and died: no heartbeat, no ack
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await anyio.sleep(0.5)
+    assert seen == [1]
+    assert await ghost.ack([taken]) == [False]
+
+
+async def test_lost_lease_cancels_handler_and_does_not_ack() -> None:
+    app = memory_app()
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    cancelled = anyio.Event()
+    started = anyio.Event()
+
+    @app.task(name="victim", timeout=None)
+    async def victim() -> None:
+        started.set()
+        try:
+            await anyio.sleep(30)
+        except BaseException:
+            cancelled.set()
+            raise
+
+    await victim.enqueue()
+    async with running(app, lease_seconds=0.6) as worker:
+        with anyio.fail_after(5):
+            await started.wait()
+        for stored in broker._jobs.values():  # the lease expires under the worker's feet
+            stored.deadline = 0.0
+        thief = await broker.consumer(["default"], prefetch=1, lease_seconds=30)
+        [stolen] = await thief.fetch(1, 1.0)
+        with anyio.fail_after(5):
+            await cancelled.wait()
+        await eventually(lambda: worker.stats.lease_lost == 1)
+    assert worker.stats.done == 0
+    assert await thief.ack([stolen]) == [True], "the job still belongs to the new lease holder"
+
+
+async def test_poison_pill_ends_in_dead_letters_counting_crash_redeliveries() -> None:
+    app = memory_app()
+    runs: list[int] = []
+
+    @app.task(name="poison", max_attempts=3)
+    async def poison() -> None:
+        runs.append(1)
+
+    await poison.enqueue()
+    for _ in range(3):  # three workers each took it and crashed before settling
+        crashed = await app.broker.consumer(["default"], prefetch=1, lease_seconds=0.1)
+        assert len(await crashed.fetch(1, 2.0)) == 1
+        await anyio.sleep(0.15)
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    assert runs == [], "a job past its attempts is not run again"
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.reason == "max_attempts"
+    assert dead.info.attempts == 4
+    assert "delivered 4 times" in dead.info.error_message
+
+
+async def test_malformed_message_is_dead_lettered_with_its_bytes_intact() -> None:
+    app = memory_app()
+    raw = b'{"v": 1, "task": 42'
+    await app.broker.enqueue([OutgoingJob("m1", "default", raw)])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.body == raw
+    assert dead.info.reason == "malformed"
+    assert dead.info.error_type == "EnvelopeError"
+
+
+async def test_unknown_version_is_dead_lettered_with_a_clear_reason() -> None:
+    app = memory_app()
+    await app.broker.enqueue([OutgoingJob("v9", "default", b'{"v":9,"id":"v9","task":"t"}')])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert "unsupported envelope version 9" in dead.info.error_message
+
+
+async def test_unknown_task_is_dead_lettered_intact() -> None:
+    app = memory_app()
+    body = Envelope(task="nobody.registered.this", id="u1").encode()
+    await app.broker.enqueue([OutgoingJob("u1", "default", body)])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.body == body
+    assert (dead.info.reason, dead.info.error_type) == ("unknown_task", "UnknownTaskError")
+
+
+async def test_wrong_arguments_are_dead_lettered_not_retried() -> None:
+    app = memory_app()
+
+    @app.task(name="typed")
+    async def typed(a: int) -> None:
+        return None
+
+    await app.broker.enqueue([OutgoingJob("w1", "default", Envelope(task="typed", id="w1", kwargs={"b": 1}).encode())])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.reason == "permanent"
+    assert "bad arguments" in dead.info.error_message
+    assert worker.stats.retried == 0
+
+
+async def test_transient_errors_retry_with_backoff_then_succeed() -> None:
+    app = memory_app()
+    attempts: list[float] = []
+
+    @app.task(name="flaky", max_attempts=4, backoff=Backoff(base=0.1, cap=1.0, jitter=0.0))
+    async def flaky() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionError("down")
+
+    await flaky.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+    assert len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 0.09
+    assert attempts[2] - attempts[1] >= 0.19, "the second backoff doubles"
+    assert worker.stats.retried == 2
+
+
+async def test_permanent_error_goes_to_dead_letters_at_once_with_history() -> None:
+    app = memory_app()
+
+    @app.task(name="bad", max_attempts=5)
+    async def bad() -> None:
+        raise PermanentError("no such customer")
+
+    await bad.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert (dead.info.reason, dead.info.attempts) == ("permanent", 1)
+    assert "PermanentError: no such customer" in dead.info.traceback
+    assert dead.info.history[-1]["outcome"] == "dead"
+
+
+async def test_retries_exhausted_end_in_dead_letters_with_attempt_history() -> None:
+    app = memory_app()
+
+    @app.task(name="always", max_attempts=3, backoff=QUICK)
+    async def always() -> None:
+        raise Retry("again")
+
+    await always.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.reason == "max_attempts"
+    assert [h["attempt"] for h in dead.info.history] == [1, 2, 3]
+    assert decode(dead.body).attempt == 3
+
+
+async def test_shutdown_drains_then_gives_back_the_rest_without_waiting_for_leases() -> None:
+    app = memory_app()
+    started: list[str] = []
+
+    @app.task(name="short", timeout=None)
+    async def short() -> None:
+        started.append("short")
+        await anyio.sleep(0.2)
+
+    @app.task(name="endless", timeout=None)
+    async def endless() -> None:
+        started.append("endless")
+        await anyio.sleep(60)
+
+    await short.enqueue()
+    await endless.enqueue()
+    async with running(app, lease_seconds=60, drain_seconds=0.6) as worker:
+        await eventually(lambda: len(started) == 2)
+        stopped_at = time.monotonic()
+        worker.stop()
+    assert time.monotonic() - stopped_at < 3
+    assert worker.stats.done == 1
+    assert worker.stats.released >= 1
+    stats = await app.broker.stats("default")
+    assert (stats.ready, stats.in_flight) == (1, 0), "given back at once, not after the 60 s lease"
+    consumer = await app.broker.consumer(["default"], prefetch=1, lease_seconds=5)
+    [again] = await consumer.fetch(1, 0.5)
+    assert decode(again.body).task == "endless"
+    assert again.delivery_count == 1, "a job given back at shutdown does not count as a crash"
+
+
+async def test_second_stop_gives_back_at_once() -> None:
+    app = memory_app()
+
+    @app.task(name="endless", timeout=None)
+    async def endless() -> None:
+        await anyio.sleep(60)
+
+    await endless.enqueue()
+    async with running(app, drain_seconds=30) as worker:
+        await eventually(lambda: len(worker.stall.jobs) == 1)
+        stopped_at = time.monotonic()
+        worker.stop()
+        worker.stop()
+    assert time.monotonic() - stopped_at < 3
+    assert worker.stats.released >= 1
+    assert (await app.broker.stats("default")).ready == 1
+
+
+async def test_handler_that_swallows_cancellation_is_reported_and_worker_stays_healthy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = memory_app()
+    done: list[int] = []
+
+    @app.task(name="stubborn", timeout=0.2, max_attempts=1)
+    async def stubborn() -> None:
+        try:
+            await anyio.sleep(30)
+        except BaseException:  # noqa: S110 - this is the bug under test
+            pass
+
+    @app.task(name="after")
+    async def after() -> None:
+        done.append(1)
+
+    await stubborn.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+        await after.enqueue()
+        await eventually(lambda: worker.stats.done == 1)
+    assert "swallowed its cancellation" in caplog.text
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.error_type == "JobTimeout"
+    assert done == [1]
+
+
+async def test_blocking_handler_is_named_as_the_cause_of_a_loop_stall(caplog: pytest.LogCaptureFixture) -> None:
+    app = memory_app()
+
+    @app.task(name="blocker")
+    async def blocker() -> None:
+        time.sleep(0.8)  # noqa: ASYNC251 - the bug under test: blocks the event loop
+
+    ref = await blocker.enqueue()
+    caplog.set_level(logging.ERROR)
+    async with running(app, stall_seconds=0.2) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await eventually(lambda: worker.stall.stalls >= 1)
+    assert f"job {ref.id} (task blocker" in caplog.text
+    assert "event loop blocked" in caplog.text
+
+
+async def test_enqueue_checks_arguments_and_size() -> None:
+    app = memory_app()
+    app.max_payload_bytes = 100
+
+    @app.task(name="echo")
+    async def echo(text: str) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="echo"):
+        await echo.enqueue(nope=1)  # type: ignore[call-arg]
+    with pytest.raises(PayloadTooLargeError, match="max_payload_bytes=100"):
+        await echo.enqueue("x" * 200)
+    assert (await app.broker.stats("default")).ready == 0
+
+
+async def test_idempotency_key_blocks_a_second_enqueue() -> None:
+    app = memory_app()
+
+    @app.task(name="charge")
+    async def charge(order: int) -> None:
+        return None
+
+    first = await charge.options(key="order-7").enqueue(7)
+    second = await charge.options(key="order-7").enqueue(7)
+    assert (first.accepted, second.accepted) == (True, False)
+    assert (await app.broker.stats("default")).ready == 1
+
+
+async def test_per_call_options_override_the_task() -> None:
+    app = memory_app()
+
+    @app.task(name="opts", timeout=5, queue="low")
+    async def opts() -> None:
+        return None
+
+    ref = await opts.options(queue="high", timeout=1.5, delay=30, max_attempts=2).enqueue()
+    assert ref.queue == "high"
+    stats = await app.broker.stats("high")
+    assert stats.scheduled == 1
