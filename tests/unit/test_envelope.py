@@ -1,0 +1,75 @@
+"""Envelope v1: round trips, unknown fields kept, bad input refused with EnvelopeError only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asyncjobs.envelope import Envelope, decode
+from asyncjobs.errors import EnvelopeError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(args=st.lists(json_values, max_size=4), kwargs=st.dictionaries(st.text(min_size=1, max_size=8), json_values, max_size=4))
+def test_encode_then_decode_gives_the_same_envelope(args: list[object], kwargs: dict[str, object]) -> None:
+    env = Envelope(task="t", args=tuple(args), kwargs=kwargs, key="k", timeout=3.5, headers={"traceparent": "x"})
+    assert decode(env.encode()) == env
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_envelope_error(body: bytes) -> None:
+    try:
+        decode(body)
+    except EnvelopeError:
+        pass
+
+
+@given(json_values)
+def test_any_json_decodes_or_raises_envelope_error(doc: object) -> None:
+    try:
+        decode(json.dumps(doc).encode())
+    except EnvelopeError:
+        pass
+
+
+def test_unknown_fields_are_kept_and_written_back() -> None:
+    body = b'{"v":1,"id":"a","task":"t","producer":"billing-svc","priority":3}'
+    env = decode(body)
+    assert env.extra == {"producer": "billing-svc", "priority": 3}
+    assert json.loads(env.encode())["producer"] == "billing-svc"
+
+
+def test_minimal_foreign_envelope_gets_defaults() -> None:
+    env = decode(b'{"v":1,"id":"a","task":"send_email","kwargs":{"to":"x@y"}}')
+    assert (env.attempt, env.queue, env.args, env.kwargs) == (1, "default", (), {"to": "x@y"})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1,2]", "not a JSON object"),
+        (b'{"v":2,"id":"a","task":"t"}', "unsupported envelope version 2"),
+        (b'{"v":1,"id":"a"}', "'task'"),
+        (b'{"v":1,"id":"a","task":"t","args":"x"}', "'args'"),
+        (b'{"v":1,"id":"a","task":"t","attempt":0}', "'attempt'"),
+        (b'{"v":1,"id":"a","task":"t","attempt":true}', "'attempt'"),
+        (b'{"v":1,"id":"a","task":"t","headers":{"a":1}}', "'headers'"),
+    ],
+)
+def test_invalid_envelopes_are_refused_with_a_reason(body: bytes, message: str) -> None:
+    with pytest.raises(EnvelopeError, match=message):
+        decode(body)
+
+
+def test_unserialisable_arguments_fail_at_enqueue_not_in_the_worker() -> None:
+    with pytest.raises(EnvelopeError, match="not JSON-serialisable"):
+        Envelope(task="t", args=(object(),)).encode()
