@@ -229,10 +229,10 @@ class App:
                     f"job {env.task!r} encodes to {len(body)} bytes, over max_payload_bytes={self.max_payload_bytes}"
                 )
             ttl = self.tasks[env.task].options.unique_ttl if env.task in self.tasks else 3600.0
-            if env.key and not self.broker.supports_unique and self.enqueue_guard is not None:
-                if not await self.enqueue_guard.claim_enqueue(env.key, ttl):
-                    blocked.add(index)
-                    continue
+            guard = self.enqueue_guard if env.key and not self.broker.supports_unique else None
+            if guard is not None and env.key and not await guard.claim_enqueue(env.key, ttl):
+                blocked.add(index)
+                continue
             jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0))
         stored = iter(await self.broker.enqueue(jobs) if jobs else [])
         return [False if i in blocked else next(stored) for i in range(len(envelopes))]

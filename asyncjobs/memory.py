@@ -124,7 +124,7 @@ class MemoryBroker:
             _, seq = heapq.heappop(queue.scheduled)
             queue.ready.append(seq)
         while queue.leased and queue.leased[0][0] <= now:
-            deadline, seq, token = heapq.heappop(queue.leased)
+            _deadline, seq, token = heapq.heappop(queue.leased)
             stored = self._jobs.get(seq)
             if stored is None or stored.token != token:
                 continue  # settled, or re-leased under a newer token

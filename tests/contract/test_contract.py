@@ -21,7 +21,9 @@ pytestmark = pytest.mark.anyio
 Q = "contract"
 
 
-def job(body: bytes | None = None, *, queue: str = Q, not_before: float | None = None, key: str | None = None) -> OutgoingJob:
+def job(
+    body: bytes | None = None, *, queue: str = Q, not_before: float | None = None, key: str | None = None
+) -> OutgoingJob:
     job_id = uuid.uuid4().hex
     return OutgoingJob(
         id=job_id,
@@ -47,7 +49,9 @@ def expiring(broker: Broker) -> None:
         pytest.skip("this broker's leases end with their channel, not a deadline (see the abandon tests)")
 
 
-async def open_consumer(broker: Broker, lease: float = 30.0, prefetch: int = 100, queues: Sequence[str] = (Q,)) -> Consumer:
+async def open_consumer(
+    broker: Broker, lease: float = 30.0, prefetch: int = 100, queues: Sequence[str] = (Q,)
+) -> Consumer:
     return await broker.consumer(list(queues), prefetch=prefetch, lease_seconds=lease)
 
 

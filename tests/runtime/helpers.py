@@ -34,5 +34,5 @@ async def running(app: App, **config: object) -> AsyncIterator[Worker]:
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
     """Wait until ``condition()`` holds; fail after ``within`` seconds."""
     with anyio.fail_after(within):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - polls an arbitrary condition
             await anyio.sleep(0.02)

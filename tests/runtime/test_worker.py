@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -285,10 +286,8 @@ async def test_handler_that_swallows_cancellation_is_reported_and_worker_stays_h
 
     @app.task(name="stubborn", timeout=0.2, max_attempts=1)
     async def stubborn() -> None:
-        try:
+        with contextlib.suppress(BaseException):
             await anyio.sleep(30)
-        except BaseException:  # noqa: S110 - this is the bug under test
-            pass
 
     @app.task(name="after")
     async def after() -> None:

@@ -36,7 +36,7 @@ def test_timeout_the_lease_cannot_cover_without_heartbeats_is_refused() -> None:
         return None
 
     config = WorkerConfig(lease_seconds=30, heartbeat_seconds=0)
-    with pytest.raises(ConfigError, match="timeout=120.*heartbeats are off"):
+    with pytest.raises(ConfigError, match=r"timeout=120.*heartbeats are off"):
         config.check_tasks(app.tasks.values())
     WorkerConfig(lease_seconds=30).check_tasks(app.tasks.values())
 

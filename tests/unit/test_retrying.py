@@ -55,11 +55,11 @@ def test_default_classification(error: BaseException, verdict: str) -> None:
 
 
 def test_per_task_map_wins_by_specificity() -> None:
-    class PaymentDeclined(ValueError):
+    class PaymentDeclinedError(ValueError):
         pass
 
-    policy = RetryPolicy(permanent_on=(ValueError,), retry_on=(PaymentDeclined,))
-    assert classify(PaymentDeclined(), policy) == "retry"
+    policy = RetryPolicy(permanent_on=(ValueError,), retry_on=(PaymentDeclinedError,))
+    assert classify(PaymentDeclinedError(), policy) == "retry"
     assert classify(ValueError(), policy) == "permanent"
     assert classify(RuntimeError(), RetryPolicy(retry_unknown=False)) == "permanent"
 
@@ -69,9 +69,7 @@ def test_retry_delay_overrides_backoff() -> None:
     assert next_delay(RuntimeError(), 1, RetryPolicy(backoff=Backoff(base=2, jitter=0))) == 2
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"base": -1}, {"factor": 0.5}, {"base": 10, "cap": 1}, {"jitter": 2}]
-)
+@pytest.mark.parametrize("kwargs", [{"base": -1}, {"factor": 0.5}, {"base": 10, "cap": 1}, {"jitter": 2}])
 def test_invalid_backoff_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         Backoff(**kwargs)
