@@ -321,3 +321,7 @@ def demo(jobs: int, verbose: bool) -> None:
         logging.getLogger("asyncjobs").setLevel(logging.CRITICAL)
     ok = run(lambda: run_demo(jobs, console))
     sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

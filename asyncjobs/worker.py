@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from asyncjobs import instruments
@@ -102,7 +103,7 @@ class Worker:
                 services.start_soon(self.stall.run)
                 services.start_soon(self._drain_deadline, keeper)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
-                    services.start_soon(self._watch_signals)
+                    await services.start(self._watch_signals)
                 async with anyio.create_task_group() as runners:
                     for _ in range(self.config.concurrency):
                         runners.start_soon(self._runner, receive.clone(), consumer, keeper, settler)
@@ -121,8 +122,9 @@ class Worker:
         log.info("worker stopped: %s", self.stats)
         return self.stats
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 log.warning(
                     "received %s: %s",

@@ -1,0 +1,81 @@
+"""The command line, run as a real process: bad input exits non-zero with a one-line reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncjobs.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "tests.cli.sample_app:app", "--broker", "nonsense"], "has no scheme"),
+        (["worker", "tests.cli.sample_app:app", "--broker", "sqs://q"], "no broker handles URL scheme 'sqs'"),
+        (["worker", "no_such_module_xyz:app"], "cannot import module 'no_such_module_xyz'"),
+        (["worker", "tests.cli.sample_app"], "expected MODULE:APP"),
+        (["worker", "tests.cli.sample_app:not_an_app"], "is not an asyncjobs.App"),
+        (["worker", "tests.cli.sample_app:app", "--lease", "10", "--heartbeat", "9"], "heartbeat_seconds=9"),
+        (["worker", "tests.cli.sample_app:app", "--lease", "10", "--heartbeat", "0"], "heartbeats are off"),
+        (["worker", "tests.cli.sample_app:app", "-c", "0"], "concurrency must be >= 1"),
+        (["dead", "replay", "--broker", "memory://"], "name dead-letter ids"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_reason(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broker_url_from_the_environment_is_used() -> None:
+    result = cli("worker", "tests.cli.sample_app:app", env={"ASYNCJOBS_BROKER_URL": "sqs://x"})
+    assert result.returncode != 0
+    assert "'sqs'" in result.stderr
+
+
+def test_demo_runs_every_kind_of_job_and_exits_zero() -> None:
+    result = cli("demo", "--jobs", "5", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every job ended as expected" in result.stdout
+    for kind in ("fast", "slow", "flaky", "stuck", "broken", "malformed"):
+        assert kind in result.stdout
+
+
+def test_sigterm_stops_an_idle_worker_cleanly() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncjobs.cli", "worker", "tests.cli.sample_app:app", "--broker", "memory://"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        assert proc.stderr is not None
+        line = ""
+        while "worker started" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "worker started" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
