@@ -9,6 +9,7 @@ broker, so an app's producer and worker share it.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import uuid
@@ -59,6 +60,7 @@ class MemoryBroker:
         self._unique: dict[str, float] = {}
         self._seq = itertools.count(1)
         self._wakeup: anyio.Event | None = None
+        self._wakeup_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -159,8 +161,9 @@ class MemoryBroker:
         return out, wake
 
     async def _wait(self, seconds: float) -> None:
-        if self._wakeup is None:
-            self._wakeup = anyio.Event()
+        loop = asyncio.get_running_loop()
+        if self._wakeup is None or self._wakeup_loop is not loop:  # a broker can outlive an event loop
+            self._wakeup, self._wakeup_loop = anyio.Event(), loop
         with anyio.move_on_after(seconds):
             await self._wakeup.wait()
 

@@ -359,3 +359,20 @@ async def test_per_call_options_override_the_task() -> None:
     assert ref.queue == "high"
     stats = await app.broker.stats("high")
     assert stats.scheduled == 1
+
+
+def test_a_memory_broker_serves_one_event_loop_after_another() -> None:
+    app = memory_app()
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        return None
+
+    async def one_round() -> int:
+        await noop.enqueue()
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.done == 1)
+        return worker.stats.done
+
+    assert anyio.run(one_round) == 1
+    assert anyio.run(one_round) == 1
