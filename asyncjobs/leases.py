@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -24,10 +25,16 @@ class Held:
     delivery: Delivery
     confirmed_until: float
     scope: anyio.CancelScope | None = None
-    label: str = ""
+    task: str = "?"
+    attempt: int = 0
+    outcome: str = ""
     lost: bool = False
     stopping: bool = False
     settling: bool = False
+
+    def describe(self) -> str:
+        """``job ID (task NAME, attempt N)`` for log lines."""
+        return f"job {self.delivery.job_id} (task {self.task}, attempt {self.attempt or self.delivery.delivery_count})"
 
     def cancel(self) -> None:
         """Cancel the handler running under this lease, if any."""
@@ -97,7 +104,7 @@ class LeaseKeeper:
             return
         held.lost = True
         instruments.leases_lost.add(1)
-        log.error("lease lost for %s: %s; cancelling its handler, it will not be acked", held.label, why)
+        log.error("lease lost for %s: %s; cancelling its handler, it will not be acked", held.describe(), why)
         held.cancel()
 
 
@@ -111,7 +118,7 @@ class StallDetector:
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.jobs: dict[asyncio.Task[object], str] = {}
+        self.jobs: dict[asyncio.Task[Any], Held] = {}
         self.stalls = 0
         self._tick = monotonic()
         self._stop = threading.Event()
@@ -150,5 +157,5 @@ class StallDetector:
         while not self._stop.wait(self.threshold / 4):
             if monotonic() - self._tick > self.threshold and self._culprit is None:
                 task = asyncio.current_task(loop)
-                label = self.jobs.get(task) if task is not None else None
-                self._culprit = label or (f"task {task.get_name()}" if task else None)
+                held = self.jobs.get(task) if task is not None else None
+                self._culprit = held.describe() if held else (f"task {task.get_name()}" if task else None)

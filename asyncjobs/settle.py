@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
 from asyncjobs import instruments
-from asyncjobs.broker import Consumer, DeadLetterInfo, Delivery
+from asyncjobs.broker import Consumer, DeadLetterInfo
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import Envelope
 from asyncjobs.errors import JobTimeout
 from asyncjobs.job import Outcome
+from asyncjobs.leases import Held
 
 log = logging.getLogger(__name__)
 
@@ -75,97 +76,120 @@ def dead_letter_info(
 
 
 class AckBatcher:
-    """Groups the acks of concurrently finishing jobs into one broker call (a group commit)."""
+    """Groups the acks of jobs that finished close together into one broker call.
 
-    def __init__(self, consumer: Consumer) -> None:
+    ``push`` returns at once, so a runner goes on to its next job while the ack is in flight; the
+    lease stays held (and heartbeated) until the broker has answered, then ``on_acked`` is told.
+    """
+
+    def __init__(self, consumer: Consumer, on_acked: Callable[[Held, bool], None]) -> None:
         self._consumer = consumer
-        self._pending: list[tuple[Delivery, list[bool], anyio.Event]] = []
+        self._on_acked = on_acked
+        self._pending: list[Held] = []
         self._wakeup = anyio.Event()
 
-    async def ack(self, delivery: Delivery) -> bool:
-        """Ack ``delivery`` in the next batch and wait for the broker's answer."""
-        result: list[bool] = []
-        done = anyio.Event()
-        self._pending.append((delivery, result, done))
+    def push(self, held: Held) -> None:
+        """Ack ``held`` in the next batch."""
+        self._pending.append(held)
         self._wakeup.set()
-        await done.wait()
-        return bool(result and result[0])
 
     async def run(self) -> None:
         """Flush pending acks, one batch at a time, until cancelled."""
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send every pending ack now."""
+        while self._pending:
             batch, self._pending = self._pending, []
-            if not batch:
-                continue
             try:
-                results = await self._consumer.ack([d for d, _, _ in batch])
+                results = await self._consumer.ack([h.delivery for h in batch])
             except Exception as exc:  # the broker failed: the leases will expire and the jobs return
                 log.error("ack of %d jobs failed (%s); they will be redelivered", len(batch), exc)
                 results = [False] * len(batch)
-            for (_, result, done), ok in zip(batch, results, strict=True):
-                result.append(ok)
-                done.set()
+            for held, ok in zip(batch, results, strict=True):
+                self._on_acked(held, ok)
 
 
 class Settler:
-    """Turns outcomes into broker operations and counts them."""
+    """Turns outcomes into broker operations, counts them, and frees the lease slot afterwards."""
 
-    def __init__(self, consumer: Consumer, acks: AckBatcher, stats: WorkerStats) -> None:
+    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Held], None]) -> None:
         self._consumer = consumer
-        self._acks = acks
+        self._free = free
         self.stats = stats
+        self.acks = AckBatcher(consumer, self._acked)
 
-    async def settle(
-        self, delivery: Delivery, env: Envelope | None, attempt: int, outcome: Outcome, started: float
-    ) -> bool:
-        """Carry out ``outcome``; ``False`` when the lease was lost before it could be settled."""
-        label = f"job {delivery.job_id} (task {env.task if env else '?'}, attempt {attempt})"
-        if outcome.kind in ("done", "skipped"):
-            ok = await self._acks.ack(delivery)
-            if ok:
-                if outcome.kind == "done":
-                    self.stats.done += 1
-                else:
-                    self.stats.skipped += 1
-        elif outcome.kind in ("retry", "deferred") and env is not None:
-            entry = history_entry(attempt, outcome, started)
-            next_attempt = attempt + 1 if outcome.kind == "retry" else attempt
-            not_before = wall_time() + outcome.delay if outcome.delay > 0 else None
-            nxt = replace(with_history(env, entry), attempt=next_attempt, not_before=not_before)
-            ok = await self._consumer.retry(delivery, nxt.encode(), not_before)
-            if ok and outcome.kind == "retry":
-                self.stats.retried += 1
-                self.stats.timed_out += isinstance(outcome.error, JobTimeout)
-                error = type(outcome.error).__name__ if outcome.error else "none"
-                instruments.retries.add(1, {"task": env.task, "error": error})
-                log.warning("%s failed (%s: %s); retry in %.2fs", label, error, outcome.error, outcome.delay)
-            elif ok:
-                self.stats.deferred += 1
-        else:
-            history = list(env.extra.get("history") or []) if env else []
-            if env is not None:
-                history.append(history_entry(attempt, outcome, started))
-            info = dead_letter_info(outcome, attempt, env.task if env else None, history)
-            ok = await self._consumer.dead_letter(delivery, info)
-            if ok:
-                self.stats.dead += 1
-                self.stats.timed_out += isinstance(outcome.error, JobTimeout)
-                instruments.dead_letters.add(1, {"reason": outcome.reason})
-                log.error("%s dead-lettered (%s): %s: %s", label, outcome.reason, info.error_type, info.error_message)
+    def _acked(self, held: Held, ok: bool) -> None:
+        self._free(held)
         if not ok:
-            self.stats.lease_lost += 1
-            log.error("%s: lease lost before it could be settled (%s); it will run again", label, outcome.kind)
+            self._lost(held, held.outcome)
+        elif held.outcome == "done":
+            self.stats.done += 1
+        else:
+            self.stats.skipped += 1
+
+    def _lost(self, held: Held, what: str) -> None:
+        self.stats.lease_lost += 1
+        log.error("%s: lease lost before it could be settled (%s); it will run again", held.describe(), what)
+
+    async def settle(self, held: Held, env: Envelope | None, outcome: Outcome, started: float) -> None:
+        """Carry out ``outcome``: exactly one of ack, retry (or defer) and dead-letter."""
+        held.outcome = outcome.kind
+        if outcome.kind in ("done", "skipped"):
+            self.acks.push(held)
+            return
+        try:
+            if outcome.kind in ("retry", "deferred") and env is not None:
+                ok = await self._retry(held, env, outcome, started)
+            else:
+                ok = await self._dead_letter(held, env, outcome, started)
+        except Exception as exc:  # the broker failed: the lease will expire and the job return
+            log.error("%s: could not settle (%s: %s); it will run again", held.describe(), outcome.kind, exc)
+            ok = True
+        self._free(held)
+        if not ok:
+            self._lost(held, outcome.kind)
+
+    async def _retry(self, held: Held, env: Envelope, outcome: Outcome, started: float) -> bool:
+        entry = history_entry(held.attempt, outcome, started)
+        next_attempt = held.attempt + 1 if outcome.kind == "retry" else held.attempt
+        not_before = wall_time() + outcome.delay if outcome.delay > 0 else None
+        nxt = replace(with_history(env, entry), attempt=next_attempt, not_before=not_before)
+        ok = await self._consumer.retry(held.delivery, nxt.encode(), not_before)
+        if ok and outcome.kind == "retry":
+            self.stats.retried += 1
+            self.stats.timed_out += isinstance(outcome.error, JobTimeout)
+            error = type(outcome.error).__name__ if outcome.error else "none"
+            instruments.retries.add(1, {"task": env.task, "error": error})
+            log.warning("%s failed (%s: %s); retry in %.2fs", held.describe(), error, outcome.error, outcome.delay)
+        elif ok:
+            self.stats.deferred += 1
         return ok
 
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Give deliveries back to the broker now (shutdown), shielded from cancellation."""
-        if not deliveries:
-            return
+    async def _dead_letter(self, held: Held, env: Envelope | None, outcome: Outcome, started: float) -> bool:
+        history = list(env.extra.get("history") or []) if env else []
+        if env is not None:
+            history.append(history_entry(held.attempt, outcome, started))
+        info = dead_letter_info(outcome, held.attempt, env.task if env else None, history)
+        ok = await self._consumer.dead_letter(held.delivery, info)
+        if ok:
+            self.stats.dead += 1
+            self.stats.timed_out += isinstance(outcome.error, JobTimeout)
+            instruments.dead_letters.add(1, {"reason": outcome.reason})
+            log.error(
+                "%s dead-lettered (%s): %s: %s", held.describe(), outcome.reason, info.error_type, info.error_message
+            )
+        return ok
+
+    async def release(self, held: Held) -> None:
+        """Give a job back to the broker now (shutdown), shielded from cancellation."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             try:
-                await self._consumer.release(deliveries)
-                self.stats.released += len(deliveries)
+                await self._consumer.release([held.delivery])
+                self.stats.released += 1
             except Exception as exc:
-                log.error("could not release %d jobs (%s); they return when their leases expire", len(deliveries), exc)
+                log.error("could not release %s (%s); it returns when its lease expires", held.describe(), exc)
+        self._free(held)

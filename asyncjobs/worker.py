@@ -6,17 +6,16 @@ import asyncio
 import logging
 import signal
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from asyncjobs import instruments
 from asyncjobs.app import App
 from asyncjobs.broker import Broker, Consumer, Delivery
-from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, UnknownTaskError
@@ -25,19 +24,19 @@ from asyncjobs.leases import Held, LeaseKeeper, StallDetector
 from asyncjobs.middleware.chain import CallNext, Middleware, build_chain
 from asyncjobs.middleware.retry import RetryMiddleware
 from asyncjobs.middleware.timeout import TimeoutMiddleware
-from asyncjobs.settle import AckBatcher, Settler, WorkerStats
+from asyncjobs.settle import Settler, WorkerStats
 
 log = logging.getLogger(__name__)
 
 
 async def invoke(job: Job) -> Outcome:
-    """The innermost layer: check the arguments against the handler's signature, then call it."""
+    """The innermost layer: call the handler; arguments that do not fit its signature are permanent."""
     env = job.envelope
     try:
-        job.spec.signature.bind(*env.args, **env.kwargs)
+        call = job.spec.fn(*env.args, **env.kwargs)  # an async def binds its arguments here, runs nothing
     except TypeError as exc:
         raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
-    return Outcome("done", result=await job.spec.fn(*env.args, **env.kwargs))
+    return Outcome("done", result=await call)
 
 
 class Worker:
@@ -59,7 +58,11 @@ class Worker:
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
         self._drain_over: anyio.Event | None = None
-        self._slots: anyio.Semaphore | None = None
+        self._buffer: deque[Held] = deque()  # fetched, leased, not started yet
+        self._work = anyio.Event()  # set when the buffer got jobs or fetching ended
+        self._room = anyio.Event()  # set when a lease slot was freed
+        self._fetch_over = False
+        self.keeper: LeaseKeeper | None = None
         self.stall = StallDetector(self.config.stall_seconds)
         self.ready = threading.Event()
 
@@ -78,6 +81,7 @@ class Worker:
         self._stop_requests += 1
         if self._stopping is not None:
             self._stopping.set()
+            self._room.set()
             if self._stop_requests > 1 and self._drain_over is not None:
                 self._drain_over.set()
 
@@ -85,36 +89,35 @@ class Worker:
         """Work until :meth:`stop` is called or a shutdown signal arrives; return the counts."""
         self.config.check_tasks(self.app.tasks.values())
         self._stopping, self._drain_over = anyio.Event(), anyio.Event()
+        self._work, self._room, self._fetch_over = anyio.Event(), anyio.Event(), False
         if self._stop_requests:
             self._stopping.set()
-        self._slots = anyio.Semaphore(self.config.leases_held)
         await self.broker.connect()
         consumer = await self.broker.consumer(
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )
-        keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
-        acks = AckBatcher(consumer)
-        settler = Settler(consumer, acks, self.stats)
-        send, receive = anyio.create_memory_object_stream[Held](self.config.leases_held)
+        keeper = self.keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
+        settler = Settler(consumer, self.stats, self._free)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
-                services.start_soon(acks.run)
+                services.start_soon(settler.acks.run)
                 services.start_soon(self.stall.run)
                 services.start_soon(self._drain_deadline, keeper)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
                 async with anyio.create_task_group() as runners:
                     for _ in range(self.config.concurrency):
-                        runners.start_soon(self._runner, receive.clone(), consumer, keeper, settler)
-                    receive.close()
+                        runners.start_soon(self._runner, settler)
                     self.ready.set()
                     log.info(
                         "worker started: queues=%s concurrency=%d",
                         ",".join(self.config.queues),
                         self.config.concurrency,
                     )
-                    await self._fetch_loop(consumer, keeper, send)
+                    await self._fetch_loop(consumer, keeper)
+                with anyio.CancelScope(shield=True):
+                    await settler.acks.flush()
                 services.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -122,47 +125,52 @@ class Worker:
         log.info("worker stopped: %s", self.stats)
         return self.stats
 
+    def _free(self, held: Held) -> None:
+        """A lease slot is free again (its job was settled, given back or lost)."""
+        assert self.keeper is not None
+        self.keeper.remove(held)
+        self._room.set()
+
+    def _wake_runners(self) -> None:
+        self._work.set()
+        self._work = anyio.Event()
+
     async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
-                log.warning(
-                    "received %s: %s",
-                    signal.Signals(signum).name,
-                    "stopping now" if self._stop_requests else "draining, send again to stop now",
-                )
+                how = "stopping now" if self._stop_requests else "draining, send again to stop now"
+                log.warning("received %s: %s", signal.Signals(signum).name, how)
                 self.stop()
 
-    async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper, send: MemoryObjectSendStream[Held]) -> None:
+    async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper) -> None:
         """Lease as many jobs as there are free slots, one broker call at a time."""
-        assert self._stopping is not None and self._slots is not None
-        slots, stopping = self._slots, self._stopping
-        async with send:
+        assert self._stopping is not None
+        stopping, wait = self._stopping, self.config.fetch_wait_seconds
+        try:
             while not stopping.is_set():
-                with anyio.move_on_after(self.config.fetch_wait_seconds) as waited:
-                    await slots.acquire()
-                if waited.cancelled_caught:
+                free = self.config.leases_held - len(keeper.held)
+                if free <= 0:
+                    self._room = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await self._room.wait()
                     continue
-                if stopping.is_set():
-                    slots.release()
-                    break
-                taken = 1
-                while slots.value > 0:
-                    slots.acquire_nowait()
-                    taken += 1
                 try:
-                    deliveries = await consumer.fetch(taken, self.config.fetch_wait_seconds)
+                    deliveries = await consumer.fetch(free, wait)
                 except Exception as exc:
                     log.error("fetch failed (%s); retrying in 1s", exc)
-                    deliveries = []
                     await anyio.sleep(1.0)
-                for _ in range(taken - len(deliveries)):
-                    slots.release()
-                for delivery in deliveries:
-                    await send.send(keeper.add(delivery))  # kept alive from now, even before it runs
+                    continue
+                if deliveries:
+                    self._buffer.extend(keeper.add(d) for d in deliveries)  # kept alive from now on
+                    self._wake_runners()
+        finally:
+            self._fetch_over = True
+            self._wake_runners()
 
     async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
-        assert self._stopping is not None and self._drain_over is not None
+        assert self._stopping is not None
+        assert self._drain_over is not None
         await self._stopping.wait()
         with anyio.move_on_after(self.config.drain_seconds):
             await self._drain_over.wait()
@@ -173,58 +181,55 @@ class Worker:
             held.stopping = True
             held.cancel()
 
-    async def _runner(
-        self, receive: MemoryObjectReceiveStream[Held], consumer: Consumer, keeper: LeaseKeeper, settler: Settler
-    ) -> None:
-        assert self._stopping is not None and self._slots is not None
+    async def _runner(self, settler: Settler) -> None:
+        assert self._stopping is not None
         task = asyncio.current_task()
-        async with receive:
-            async for held in receive:
-                try:
-                    if held.lost:
-                        self.stats.lease_lost += 1
-                    elif self._stopping.is_set():
-                        await settler.release([held.delivery])
-                    else:
-                        await self._run_one(held, settler, task)
-                finally:
-                    keeper.remove(held)
-                    self._slots.release()
+        buffer, stopping = self._buffer, self._stopping
+        while True:
+            if not buffer:
+                if self._fetch_over:
+                    return
+                await self._work.wait()
+                continue
+            held = buffer.popleft()
+            if held.lost:
+                self.stats.lease_lost += 1
+                self._free(held)
+            elif stopping.is_set():
+                await settler.release(held)
+            else:
+                await self._run_one(held, settler, task)
 
     async def _run_one(self, held: Held, settler: Settler, task: asyncio.Task[Any] | None) -> None:
         delivery = held.delivery
         started = wall_time()
         env: Envelope | None = None
-        attempt = delivery.delivery_count
         outcome: Outcome | None = None
-        instruments.in_flight.add(1)
+        if task is not None:
+            self.stall.jobs[task] = held
         try:
             with anyio.CancelScope() as scope:
                 held.scope = scope
                 try:
                     env = decode(delivery.body)
-                    attempt = env.attempt + delivery.delivery_count - 1
                 except EnvelopeError as exc:
                     outcome = Outcome("dead", "malformed", exc)
-                held.label = f"job {delivery.job_id} (task {env.task if env else '?'}, attempt {attempt})"
-                if task is not None:
-                    self.stall.jobs[task] = held.label
-                if env is not None:
-                    outcome = await self._attempt(delivery, env, attempt, started)
+                else:
+                    held.task, held.attempt = env.task, env.attempt + delivery.delivery_count - 1
+                    outcome = await self._attempt(delivery, env, held.attempt, started)
         finally:
             held.scope = None
-            instruments.in_flight.add(-1)
             if task is not None:
                 self.stall.jobs.pop(task, None)
-        if held.lost:
+        if held.lost:  # the job may run elsewhere now: never settle it here
             self.stats.lease_lost += 1
-            return
-        if outcome is None:  # cancelled by shutdown before an outcome: give it back now
-            await settler.release([delivery])
-            return
-        held.settling = True
-        with anyio.CancelScope(shield=True):
-            await settler.settle(delivery, env, attempt, outcome, started)
+            self._free(held)
+        elif outcome is None:  # cancelled by shutdown before an outcome: give it back now
+            await settler.release(held)
+        else:
+            held.settling = True
+            with anyio.CancelScope(shield=True):
+                await settler.settle(held, env, outcome, started)
 
     async def _attempt(self, delivery: Delivery, env: Envelope, attempt: int, started: float) -> Outcome:
         spec = self.app.tasks.get(env.task)
@@ -237,10 +242,7 @@ class Worker:
                 f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
             )
             return Outcome("dead", "max_attempts", error)
-        began = monotonic()
-        outcome = await self._chain(job)
-        instruments.job_duration.record(monotonic() - began, {"task": env.task, "outcome": outcome.kind})
-        return outcome
+        return await self._chain(job)
 
 
 async def run_worker(app: App, config: WorkerConfig | None = None) -> WorkerStats:
