@@ -92,13 +92,8 @@ class Envelope:
         return replace(self, attempt=self.attempt + 1, not_before=not_before)
 
 
-def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-    value = doc.get(name, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise EnvelopeError(f"envelope field {name!r} must be {kind}, got a boolean")
-    if not isinstance(value, kind):
+def _check(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise EnvelopeError(f"envelope field {name!r} has type {type(value).__name__}")
     return value
 
@@ -112,36 +107,47 @@ def decode(body: bytes) -> Envelope:
     if not isinstance(doc, dict):
         raise EnvelopeError("message is not a JSON object")
     version = doc.get("v")
-    if version != VERSION:
+    if version != VERSION or isinstance(version, bool):
         raise EnvelopeError(f"unsupported envelope version {version!r} (this worker reads {VERSION})")
-    task = _field(doc, "task", str)
-    job_id = _field(doc, "id", str)
-    if not task or not job_id:
-        raise EnvelopeError("envelope needs non-empty 'id' and 'task'")
-    headers = _field(doc, "headers", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        raise EnvelopeError("envelope field 'headers' must map strings to strings")
-    attempt = _field(doc, "attempt", int, 1)
-    if attempt < 1:
+    get = doc.get
+    task, job_id = get("task"), get("id")
+    if not isinstance(task, str) or not task or not isinstance(job_id, str) or not job_id:
+        raise EnvelopeError("envelope needs non-empty string fields 'id' and 'task'")
+    args, kwargs, queue, attempt = get("args", ()), get("kwargs", {}), get("queue", "default"), get("attempt", 1)
+    args = tuple(_check(args, (list, tuple), "args"))
+    _check(kwargs, dict, "kwargs")
+    _check(queue, str, "queue")
+    if _check(attempt, int, "attempt") < 1:
         raise EnvelopeError("envelope field 'attempt' must be >= 1")
+    headers = get("headers")
+    if headers is None:
+        headers = {}
+    elif not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise EnvelopeError("envelope field 'headers' must map strings to strings")
+    optional = {}
+    for name in ("enqueued_at", "not_before", "timeout"):
+        value = get(name)
+        optional[name] = None if value is None else float(_check(value, (int, float), name))
+    key = get("key")
+    if key is not None:
+        _check(key, str, "key")
+    extra = {k: v for k, v in doc.items() if k not in _KNOWN} if len(doc) > len(_KNOWN.intersection(doc)) else {}
     return Envelope(
         task=task,
-        args=tuple(_field(doc, "args", list, [])),
-        kwargs=_field(doc, "kwargs", dict, {}),
+        args=args,
+        kwargs=kwargs,
         id=job_id,
-        queue=_field(doc, "queue", str, "default"),
+        queue=queue,
         attempt=attempt,
-        enqueued_at=float(_field(doc, "enqueued_at", (int, float), 0.0)),
-        not_before=_float_or_none(_field(doc, "not_before", (int, float))),
-        timeout=_float_or_none(_field(doc, "timeout", (int, float))),
-        key=_field(doc, "key", str),
+        enqueued_at=optional["enqueued_at"] or 0.0,
+        not_before=optional["not_before"],
+        timeout=optional["timeout"],
+        key=key,
         headers=headers,
-        extra={k: v for k, v in doc.items() if k not in _KNOWN},
+        extra=extra,
     )
-
-
-def _float_or_none(value: float | int | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def peek_id(body: bytes) -> str | None:

@@ -59,6 +59,7 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._unique: dict[str, float] = {}
         self._seq = itertools.count(1)
+        self._token_prefix = uuid.uuid4().hex[:8] + "-"
         self._wakeup: anyio.Event | None = None
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
 
@@ -153,7 +154,7 @@ class MemoryBroker:
                 seq = queue.ready.popleft()
                 stored = self._jobs[seq]
                 stored.delivery_count += 1
-                stored.token = uuid.uuid4().hex
+                stored.token = f"{self._token_prefix}{next(self._seq)}"
                 stored.deadline = now + lease_seconds
                 queue.in_flight += 1
                 heapq.heappush(queue.leased, (stored.deadline, seq, stored.token))

@@ -49,8 +49,10 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        exponent = min(max(attempt - 1, 0), 64)
-        raw = min(self.cap, self.base * self.factor**exponent)
+        try:
+            raw = min(self.cap, self.base * self.factor ** max(attempt - 1, 0))
+        except OverflowError:
+            raw = self.cap
         spread = raw * self.jitter
         return raw - spread + (rng or random).random() * spread
 

@@ -226,6 +226,10 @@ class Worker:
             self._free(held)
         elif outcome is None:  # cancelled by shutdown before an outcome: give it back now
             await settler.release(held)
+        elif outcome.kind in ("done", "skipped"):
+            held.settling = True
+            held.outcome = outcome.kind
+            settler.acks.push(held)  # the common case: no await, no shield needed
         else:
             held.settling = True
             with anyio.CancelScope(shield=True):
