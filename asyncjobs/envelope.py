@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,12 +41,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
     """One job as it travels through a broker.
 
     ``attempt`` starts at 1 and grows by one on each retry the runtime schedules; crash
     redeliveries are counted by the broker (``Delivery.delivery_count``) and added to it.
+    Treat an envelope as a value: derive changed copies with :func:`dataclasses.replace`
+    (it is not frozen only because building frozen instances costs time on the hot path).
     """
 
     task: str
@@ -98,63 +101,84 @@ def _check(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
-def decode(body: bytes) -> Envelope:
-    """Parse ``body`` into an :class:`Envelope` or raise :class:`EnvelopeError` saying why."""
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_WHITESPACE = " \t\n\r"
+
+
+def _parse(body: bytes) -> Any:
+    """``json.loads`` for one document, without its per-call set-up (the worker's hot path)."""
     try:
-        doc = json.loads(body)
+        text = body.decode()
+        doc, end = _scan(text, len(text) - len(text.lstrip(_WHITESPACE)))
+    except StopIteration as exc:
+        raise EnvelopeError(f"message is not JSON: expecting a value at char {exc.value}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnvelopeError(f"message is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
+    if end != len(text) and text[end:].strip(_WHITESPACE):
+        raise EnvelopeError(f"message is not JSON: extra data at char {end}")
+    return doc
+
+
+def decode(body: bytes) -> Envelope:
+    """Parse ``body`` into an :class:`Envelope` or raise :class:`EnvelopeError` saying why."""
+    doc = _parse(body)
+    if type(doc) is not dict:
         raise EnvelopeError("message is not a JSON object")
-    version = doc.get("v")
-    if version != VERSION or isinstance(version, bool):
-        raise EnvelopeError(f"unsupported envelope version {version!r} (this worker reads {VERSION})")
     get = doc.get
+    version = get("v")
+    if version != VERSION or version is True:
+        raise EnvelopeError(f"unsupported envelope version {version!r} (this worker reads {VERSION})")
     task, job_id = get("task"), get("id")
-    if not isinstance(task, str) or not task or not isinstance(job_id, str) or not job_id:
+    if type(task) is not str or not task or type(job_id) is not str or not job_id:
         raise EnvelopeError("envelope needs non-empty string fields 'id' and 'task'")
     args, kwargs, queue, attempt = get("args", ()), get("kwargs", {}), get("queue", "default"), get("attempt", 1)
-    args = tuple(_check(args, (list, tuple), "args"))
-    _check(kwargs, dict, "kwargs")
-    _check(queue, str, "queue")
-    if _check(attempt, int, "attempt") < 1:
+    if type(args) is not list:
+        _check(args, (list, tuple), "args")
+    if type(kwargs) is not dict:
+        _check(kwargs, dict, "kwargs")
+    if type(queue) is not str:
+        _check(queue, str, "queue")
+    if type(attempt) is not int:
+        _check(attempt, int, "attempt")
+    if attempt < 1:
         raise EnvelopeError("envelope field 'attempt' must be >= 1")
     headers = get("headers")
     if headers is None:
         headers = {}
-    elif not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
+    elif type(headers) is not dict or not all(type(k) is str and type(v) is str for k, v in headers.items()):
         raise EnvelopeError("envelope field 'headers' must map strings to strings")
-    optional = {}
-    for name in ("enqueued_at", "not_before", "timeout"):
-        value = get(name)
-        optional[name] = None if value is None else float(_check(value, (int, float), name))
+    enqueued_at, not_before, timeout = get("enqueued_at"), get("not_before"), get("timeout")
+    if enqueued_at is not None and type(enqueued_at) is not float:
+        enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
+    if not_before is not None and type(not_before) is not float:
+        not_before = float(_check(not_before, (int, float), "not_before"))
+    if timeout is not None and type(timeout) is not float:
+        timeout = float(_check(timeout, (int, float), "timeout"))
     key = get("key")
-    if key is not None:
+    if key is not None and type(key) is not str:
         _check(key, str, "key")
-    extra = {k: v for k, v in doc.items() if k not in _KNOWN} if len(doc) > len(_KNOWN.intersection(doc)) else {}
+    extra = {k: v for k, v in doc.items() if k not in _KNOWN} if not _KNOWN.issuperset(doc) else {}
     return Envelope(
-        task=task,
-        args=args,
-        kwargs=kwargs,
-        id=job_id,
-        queue=queue,
-        attempt=attempt,
-        enqueued_at=optional["enqueued_at"] or 0.0,
-        not_before=optional["not_before"],
-        timeout=optional["timeout"],
-        key=key,
-        headers=headers,
-        extra=extra,
+        task,
+        tuple(args),
+        kwargs,
+        job_id,
+        queue,
+        attempt,
+        enqueued_at or 0.0,
+        not_before,
+        timeout,
+        key,
+        headers,
+        extra,
     )
 
 
 def peek_id(body: bytes) -> str | None:
     """Best-effort job id of a message that may not decode; ``None`` when there is none."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        doc = _parse(body)
+    except EnvelopeError:
         return None
     job_id = doc.get("id") if isinstance(doc, dict) else None
     return job_id if isinstance(job_id, str) else None

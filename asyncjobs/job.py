@@ -9,6 +9,7 @@ from asyncjobs.broker import Delivery
 from asyncjobs.envelope import Envelope
 
 if TYPE_CHECKING:
+    from asyncjobs.leases import Held
     from asyncjobs.task import TaskSpec
 
 OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred"]
@@ -42,6 +43,7 @@ class Job:
     ``attempt`` counts every attempt so far including crash redeliveries (1 on the first run).
     ``lease_token`` is the broker's token for this delivery: a handler may use it as a fencing
     token for side effects that must not happen twice. ``state`` is free for middleware.
+    ``held`` is the worker's record of the lease (``None`` when a job is run outside a worker).
     """
 
     envelope: Envelope
@@ -50,6 +52,7 @@ class Job:
     attempt: int
     started_at: float
     state: dict[str, Any] = field(default_factory=dict)
+    held: Held | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:

@@ -18,13 +18,27 @@ from asyncjobs.errors import BrokerError
 log = logging.getLogger(__name__)
 
 
+class Interrupted(BaseException):
+    """Raised through the middleware when the worker cancels a job it must not settle as failed.
+
+    That is at the drain deadline of a shutdown (the job is given back) or when its lease was lost
+    (the job may run elsewhere and is not acked). It derives from ``BaseException`` so middleware
+    that catches ``Exception`` does not mistake it for a failure of the handler.
+    """
+
+
 @dataclass(slots=True, eq=False)
 class Held:
-    """One lease this worker holds, and the cancel scope of the handler running under it."""
+    """One lease this worker holds, and the cancel scope of the handler running under it.
+
+    ``running`` is true from the moment a runner takes the job until its outcome is known;
+    ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs.
+    """
 
     delivery: Delivery
     confirmed_until: float
     scope: anyio.CancelScope | None = None
+    running: bool = False
     task: str = "?"
     attempt: int = 0
     outcome: str = ""
@@ -35,6 +49,11 @@ class Held:
     def describe(self) -> str:
         """``job ID (task NAME, attempt N)`` for log lines."""
         return f"job {self.delivery.job_id} (task {self.task}, attempt {self.attempt or self.delivery.delivery_count})"
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the worker took this job back (lease lost, or cancelled at the drain deadline)."""
+        return self.lost or self.stopping
 
     def cancel(self) -> None:
         """Cancel the handler running under this lease, if any."""

@@ -14,19 +14,21 @@ import anyio
 import anyio.abc
 
 from asyncjobs.app import App
-from asyncjobs.broker import Broker, Consumer, Delivery
+from asyncjobs.broker import Broker, Consumer
 from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, UnknownTaskError
 from asyncjobs.job import Job, Outcome
-from asyncjobs.leases import Held, LeaseKeeper, StallDetector
+from asyncjobs.leases import Held, Interrupted, LeaseKeeper, StallDetector
 from asyncjobs.middleware.chain import CallNext, Middleware, build_chain
 from asyncjobs.middleware.retry import RetryMiddleware
 from asyncjobs.middleware.timeout import TimeoutMiddleware
 from asyncjobs.settle import Settler, WorkerStats
 
 log = logging.getLogger(__name__)
+
+_STUCK_GRACE = 5.0  # seconds a cancelled job may take to unwind before its runner is stopped
 
 
 async def invoke(job: Job) -> Outcome:
@@ -63,6 +65,7 @@ class Worker:
         self._room = anyio.Event()  # set when a lease slot was freed
         self._fetch_over = False
         self.keeper: LeaseKeeper | None = None
+        self._runners: anyio.CancelScope | None = None
         self.stall = StallDetector(self.config.stall_seconds)
         self.ready = threading.Event()
 
@@ -107,6 +110,7 @@ class Worker:
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
                 async with anyio.create_task_group() as runners:
+                    self._runners = runners.cancel_scope
                     for _ in range(self.config.concurrency):
                         runners.start_soon(self._runner, settler)
                     self.ready.set()
@@ -118,12 +122,19 @@ class Worker:
                     await self._fetch_loop(consumer, keeper)
                 with anyio.CancelScope(shield=True):
                     await settler.acks.flush()
+                    await self._give_back_the_rest(settler, keeper)
                 services.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await consumer.close()
         log.info("worker stopped: %s", self.stats)
         return self.stats
+
+    async def _give_back_the_rest(self, settler: Settler, keeper: LeaseKeeper) -> None:
+        """Release leases no runner settled (runners stopped while jobs were stuck or buffered)."""
+        self._buffer.clear()
+        for held in [h for h in keeper.held.values() if not h.settling and not h.lost]:
+            await settler.release(held)
 
     def _free(self, held: Held) -> None:
         """A lease slot is free again (its job was settled, given back or lost)."""
@@ -152,8 +163,7 @@ class Worker:
                 free = self.config.leases_held - len(keeper.held)
                 if free <= 0:
                     self._room = anyio.Event()
-                    with anyio.move_on_after(wait):
-                        await self._room.wait()
+                    await self._room.wait()  # set when a slot frees or a stop is asked for
                     continue
                 try:
                     deliveries = await consumer.fetch(free, wait)
@@ -174,12 +184,19 @@ class Worker:
         await self._stopping.wait()
         with anyio.move_on_after(self.config.drain_seconds):
             await self._drain_over.wait()
-        running = [h for h in keeper.held.values() if h.scope is not None]
+        running = [h for h in keeper.held.values() if h.running]
         if running:
             log.warning("drain time over: cancelling %d running jobs and giving them back", len(running))
         for held in running:
             held.stopping = True
             held.cancel()
+        # A job stuck in middleware outside its own scope does not hold the worker up for long.
+        with anyio.move_on_after(_STUCK_GRACE):
+            while any(h.running for h in keeper.held.values()):  # noqa: ASYNC110 - a short, bounded poll
+                await anyio.sleep(0.05)
+        if self._runners is not None and any(h.running for h in keeper.held.values()):
+            log.error("jobs still running %ss after they were cancelled: stopping their runners", _STUCK_GRACE)
+            self._runners.cancel()
 
     async def _runner(self, settler: Settler) -> None:
         assert self._stopping is not None
@@ -207,18 +224,19 @@ class Worker:
         outcome: Outcome | None = None
         if task is not None:
             self.stall.jobs[task] = held
+        held.running = True
         try:
-            with anyio.CancelScope() as scope:
-                held.scope = scope
-                try:
-                    env = decode(delivery.body)
-                except EnvelopeError as exc:
-                    outcome = Outcome("dead", "malformed", exc)
-                else:
-                    held.task, held.attempt = env.task, env.attempt + delivery.delivery_count - 1
-                    outcome = await self._attempt(delivery, env, held.attempt, started)
+            env = decode(delivery.body)
+        except EnvelopeError as exc:
+            outcome = Outcome("dead", "malformed", exc)
+        else:
+            held.task, held.attempt = env.task, env.attempt + delivery.delivery_count - 1
+            try:
+                outcome = await self._attempt(held, env, started)
+            except Interrupted:
+                outcome = None
         finally:
-            held.scope = None
+            held.running = False
             if task is not None:
                 self.stall.jobs.pop(task, None)
         if held.lost:  # the job may run elsewhere now: never settle it here
@@ -235,11 +253,12 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await settler.settle(held, env, outcome, started)
 
-    async def _attempt(self, delivery: Delivery, env: Envelope, attempt: int, started: float) -> Outcome:
+    async def _attempt(self, held: Held, env: Envelope, started: float) -> Outcome:
         spec = self.app.tasks.get(env.task)
         if spec is None:
             return Outcome("dead", "unknown_task", UnknownTaskError(f"no task named {env.task!r} is registered"))
-        job = Job(env, delivery, spec, attempt, started)
+        delivery, attempt = held.delivery, held.attempt
+        job = Job(env, delivery, spec, attempt, started, held=held)
         if attempt > job.max_attempts:
             error = AsyncJobsError(
                 f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "

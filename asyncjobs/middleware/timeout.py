@@ -2,34 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+from typing import NoReturn
 
 import anyio
 
 from asyncjobs import instruments
 from asyncjobs.errors import JobTimeout
 from asyncjobs.job import Job, Outcome
+from asyncjobs.leases import Interrupted
 from asyncjobs.middleware.chain import CallNext
 
 log = logging.getLogger(__name__)
 
 
 class TimeoutMiddleware:
-    """Cancel the rest of the chain at the job's timeout and raise :class:`JobTimeout`.
+    """Run the rest of the chain in the job's own cancel scope; raise :class:`JobTimeout` at its deadline.
 
-    Only this job's scope is cancelled: other jobs and the worker go on. A handler that catches
-    the cancellation and returns anyway is reported (log and metric) and still times out.
+    This scope is the one the worker cancels too: when the job's lease is lost or the drain
+    deadline of a shutdown passes, the handler is cancelled and :class:`~asyncjobs.leases.Interrupted`
+    (not an error of the job) propagates instead. Only this job's scope is cancelled: other jobs
+    and the worker go on. A handler that catches the cancellation and returns anyway is reported
+    (log and metric) and still times out.
     """
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Run ``call_next`` under the job's deadline."""
+        held = job.held
+        if held is None:
+            return await self._bare(job, call_next)
+        if held.lost or held.stopping:
+            raise Interrupted
         timeout = job.timeout
-        if timeout is None:
-            return await call_next(job)
+        deadline = math.inf if timeout is None else asyncio.get_running_loop().time() + timeout
+        with anyio.CancelScope(deadline=deadline) as scope:  # what move_on_after does, minus its overhead
+            held.scope = scope
+            try:
+                outcome = await call_next(job)
+            finally:
+                held.scope = None
+        if not scope.cancel_called:
+            return outcome
+        if held.lost or held.stopping:
+            raise Interrupted
+        self._timed_out(job, scope, timeout)
+
+    async def _bare(self, job: Job, call_next: CallNext) -> Outcome:
+        timeout = job.timeout
         with anyio.move_on_after(timeout) as scope:
             outcome = await call_next(job)
         if not scope.cancel_called:
             return outcome
+        self._timed_out(job, scope, timeout)
+
+    def _timed_out(self, job: Job, scope: anyio.CancelScope, timeout: float | None) -> NoReturn:
         if not scope.cancelled_caught:
             instruments.cancellation_swallowed.add(1, {"task": job.task})
             log.warning(
@@ -41,4 +69,4 @@ class TimeoutMiddleware:
                 timeout,
             )
             job.state["cancellation_swallowed"] = True
-        raise JobTimeout(f"job exceeded its timeout of {timeout:g}s")
+        raise JobTimeout(f"job exceeded its timeout of {timeout or 0:g}s")
