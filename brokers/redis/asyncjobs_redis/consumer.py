@@ -1,0 +1,180 @@
+"""The Redis consumer: leases jobs of some queues to one worker, every step one script call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from asyncjobs.broker import DeadLetterInfo, Delivery
+from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.errors import BrokerError
+from asyncjobs_redis.errors import broker_errors
+
+if TYPE_CHECKING:
+    from asyncjobs_redis.broker import RedisBroker
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK = 5.0  # longest single server-side wait; bounded by the socket timeout too
+
+
+class RedisConsumer:
+    """Leases jobs of a :class:`~asyncjobs_redis.RedisBroker` to one worker.
+
+    ``fetch`` runs one script that makes due scheduled jobs ready, puts expired leases of any
+    consumer back, and leases up to the asked number; when nothing is ready it blocks on the
+    server (``BLPOP`` of the queues' wake lists), not in a polling loop. ``extend``, ``ack``
+    and ``release`` take many leases in one script call; every change is conditional on the
+    lease token.
+    """
+
+    def __init__(self, broker: RedisBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
+        if not queues:
+            raise ValueError("a consumer needs at least one queue")
+        self._broker = broker
+        self._queues = queues
+        self._prefetch = prefetch
+        self._lease_ms = max(math.ceil(lease_seconds * 1000), 1)
+        self._keys = [key for queue in queues for key in broker.keys(queue).job]
+        self._wake = [broker.keys(queue).wake for queue in queues]
+        self._index = {queue: i for i, queue in enumerate(queues, 1)}
+        self._token_prefix = secrets.token_hex(6) + "-"
+        self._tokens = 0
+        self._held: dict[str, Delivery] = {}  # by token: what close() gives back
+        self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
+        self._closed = False
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Lease up to ``max_count`` jobs, waiting on the server up to ``wait_seconds`` for one."""
+        deadline = monotonic() + max(wait_seconds, 0.0)
+        while not self._closed:
+            room = min(max_count, self._prefetch - len(self._held))
+            if room <= 0:  # every lease slot is taken: nothing may be leased before one is freed
+                await anyio.sleep(max(deadline - monotonic(), 0.0))
+                return []
+            got, next_due = await self._take(room)
+            if got:
+                return got
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                return []
+            block = remaining if next_due < 0 else min(remaining, next_due / 1000)
+            await self._block(min(block, self._max_block))
+        return []
+
+    async def _take(self, room: int) -> tuple[list[Delivery], int]:
+        client, scripts = await self._broker.client()
+        start, self._tokens = self._tokens, self._tokens + room
+        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start]
+        # Shielded: once the script has leased jobs, their deliveries must reach the caller.
+        with anyio.CancelScope(shield=True), broker_errors("fetch"):
+            reply = await scripts.fetch(keys=self._keys, args=args, client=client)
+        out: list[Delivery] = []
+        for i in range(2, 2 + 5 * int(reply[1]), 5):
+            qi, raw_handle, raw_token, count, body = reply[i : i + 5]
+            handle, token = raw_handle.decode(), raw_token.decode()
+            job_id = handle.rpartition("|")[0] or None
+            delivery = Delivery(self._queues[qi - 1], job_id, body, token, count, handle)
+            self._held[token] = delivery
+            out.append(delivery)
+        return out, int(reply[0])
+
+    async def _block(self, seconds: float) -> None:
+        """Wait on the server until a job may be ready (a wake signal) or ``seconds`` pass."""
+        if seconds <= 0:
+            return
+        client, _ = await self._broker.client()
+        with broker_errors("fetch (waiting)"):
+            await client.blpop(self._wake, timeout=max(round(seconds, 3), 0.001))
+
+    def _batch(self, deliveries: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
+        """Keys of the queues the deliveries belong to, and (queue index, handle, token) per delivery."""
+        index: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for delivery in deliveries:
+            qi = index.get(delivery.queue)
+            if qi is None:
+                qi = index[delivery.queue] = len(index) + 1
+                keys.extend(self._broker.keys(delivery.queue).job)
+            args += (qi, delivery.handle, delivery.token)
+        return keys, [len(index), *args]
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Push back every lease still held by its token, in one script call."""
+        if not deliveries:
+            return []
+        _, scripts = await self._broker.client()
+        keys, args = self._batch(deliveries)
+        args.insert(1, self._lease_ms)
+        with broker_errors("extend"):
+            reply = await scripts.extend(keys=keys, args=args)
+        result = [bool(r) for r in reply]
+        for delivery, ok in zip(deliveries, result, strict=True):
+            if not ok:
+                self._held.pop(delivery.token, None)
+        return result
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove finished jobs whose lease is still held, in one script call."""
+        if not deliveries:
+            return []
+        _, scripts = await self._broker.client()
+        keys, args = self._batch(deliveries)
+        with broker_errors("ack"):
+            reply = await scripts.ack(keys=keys, args=args)
+        for delivery in deliveries:
+            self._held.pop(delivery.token, None)
+        return [bool(r) for r in reply]
+
+    async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
+        """Swap the leased job for ``body`` (delivery count from 0 again), ready at ``not_before``."""
+        _, scripts = await self._broker.client()
+        delay = 0 if not_before is None else max(math.ceil((not_before - wall_time()) * 1000), 0)
+        keys = self._broker.keys(delivery.queue).job
+        with broker_errors("retry"):
+            done = await scripts.retry(keys=keys, args=[delivery.handle, delivery.token, body, delay])
+        self._held.pop(delivery.token, None)
+        return bool(done)
+
+    async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
+        """Move the leased job, body intact, to the dead letters of its queue (kept under its job id)."""
+        _, scripts = await self._broker.client()
+        keys = self._broker.keys(delivery.queue)
+        dead_id = delivery.job_id or uuid.uuid4().hex
+        args = [delivery.handle, delivery.token, dead_id, json.dumps(info.to_json(), default=str)]
+        with broker_errors("dead-letter"):
+            done = await scripts.dead_letter(keys=[*keys.job, *keys.dead], args=args)
+        self._held.pop(delivery.token, None)
+        return bool(done)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give leased jobs back to the front of ready at once; the delivery does not count."""
+        for delivery in deliveries:
+            self._held.pop(delivery.token, None)
+        if not deliveries:
+            return
+        _, scripts = await self._broker.client()
+        keys, args = self._batch(deliveries)
+        with broker_errors("release"):
+            await scripts.release(keys=keys, args=args)
+
+    async def close(self) -> None:
+        """Stop fetching and give back every lease still held; a failure is logged (they expire)."""
+        self._closed = True
+        held, self._held = list(self._held.values()), {}
+        if not held:
+            return
+        try:
+            await self.release(held)
+        except BrokerError as exc:
+            log.warning(
+                "could not give back %d jobs on close (%s); they return when their leases expire", len(held), exc
+            )

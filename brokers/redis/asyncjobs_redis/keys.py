@@ -1,0 +1,45 @@
+"""The key layout: every key of a queue shares the hash tag ``{PREFIX:QUEUE}``.
+
+One hash slot per queue keeps each state change a single-slot script, the layout Redis Cluster
+needs. See the package README for what each key holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+JOB_SUFFIXES = ("ready", "scheduled", "leased", "jobs", "tokens", "deliveries", "ready_since", "wake")
+"""Per-queue job keys, in the order every script receives them (see ``lua/common.lua``)."""
+
+DEAD_SUFFIXES = ("dead", "dead:body", "dead:info", "dead:seq")
+"""Per-queue dead-letter keys: ids by age, bodies, infos, and the counter that orders them."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Every key of one queue."""
+
+    tag: str
+    job: tuple[str, ...]
+    dead: tuple[str, ...]
+
+    @property
+    def wake(self) -> str:
+        """The list a blocked fetcher waits on."""
+        return self.job[-1]
+
+    def unique(self, key: str) -> str:
+        """The string that holds an enqueue-time unique key while its TTL lasts."""
+        return f"{self.tag}:unique:{key}"
+
+
+@lru_cache(maxsize=1024)
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    """The keys of ``queue`` under ``prefix``."""
+    tag = f"{{{prefix}:{queue}}}"
+    return QueueKeys(
+        tag,
+        tuple(f"{tag}:{suffix}" for suffix in JOB_SUFFIXES),
+        tuple(f"{tag}:{suffix}" for suffix in DEAD_SUFFIXES),
+    )

@@ -1,0 +1,89 @@
+-- Lease up to max_count jobs across the queues, in queue order. First, per queue: due scheduled
+-- jobs join the back of ready and expired leases go back to the front (their token removed, so
+-- the old holder can no longer extend or settle them). ARGV: n_queues, max_count, lease ms,
+-- token prefix, last token number used.
+-- Returns {ms until the next scheduled job or lease deadline (-1: none), taken, then per
+-- delivery: queue index, handle, token, delivery count, body}.
+local nq, want, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, seq = ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
+local out = {-1, 0}
+local got = 0
+local next_due = -1
+
+local function earliest(zset)
+  local head = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  if head[2] then
+    local wait = math.max(tonumber(head[2]) - now, 0)
+    if next_due < 0 or wait < next_due then next_due = wait end
+  end
+end
+
+for qi = 1, nq do
+  local ready, sched, lease, jobs, tok, dc, ts, wake = qkeys(qi)
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, CHUNK)
+  if #due > 0 then
+    local handles, since = {}, {}
+    for i = 1, #due, 2 do
+      handles[#handles + 1] = due[i]
+      since[#since + 1] = due[i]
+      since[#since + 1] = due[i + 1]
+    end
+    redis.call('ZREM', sched, unpack(handles))
+    redis.call('RPUSH', ready, unpack(handles))
+    redis.call('HSET', ts, unpack(since))
+  end
+  local expired = redis.call('ZRANGEBYSCORE', lease, '-inf', now, 'LIMIT', 0, CHUNK)
+  if #expired > 0 then
+    local since = {}
+    for i = 1, #expired do
+      since[#since + 1] = expired[i]
+      since[#since + 1] = now
+    end
+    redis.call('ZREM', lease, unpack(expired))
+    redis.call('HDEL', tok, unpack(expired))
+    for i = #expired, 1, -1 do redis.call('LPUSH', ready, expired[i]) end
+    redis.call('HSET', ts, unpack(since))
+  end
+  if got < want then
+    local taken = redis.call('LPOP', ready, want - got)
+    if taken then
+      local bodies = redis.call('HMGET', jobs, unpack(taken))
+      local deadline = now + lease_ms
+      local tokens, deadlines = {}, {}
+      for i = 1, #taken do
+        local handle, body = taken[i], bodies[i]
+        if body then
+          seq = seq + 1
+          local token = prefix .. seq
+          tokens[#tokens + 1] = handle
+          tokens[#tokens + 1] = token
+          deadlines[#deadlines + 1] = deadline
+          deadlines[#deadlines + 1] = handle
+          local count = redis.call('HINCRBY', dc, handle, 1)
+          out[#out + 1] = qi
+          out[#out + 1] = handle
+          out[#out + 1] = token
+          out[#out + 1] = count
+          out[#out + 1] = body
+          got = got + 1
+        end
+        -- a handle without a body cannot be delivered: it was removed by an operator; drop it
+      end
+      redis.call('HDEL', ts, unpack(taken))
+      if #tokens > 0 then
+        redis.call('HSET', tok, unpack(tokens))
+        redis.call('ZADD', lease, unpack(deadlines))
+      end
+    end
+  end
+  if redis.call('LLEN', ready) > 0 then
+    signal(wake)
+    next_due = 0
+  end
+  earliest(sched)
+  earliest(lease)
+end
+out[1] = next_due
+out[2] = got
+return out

@@ -1,0 +1,15 @@
+-- The newest dead letters. KEYS: dead, dead body, dead info. ARGV: limit.
+-- Returns {id, body, info, ...}, newest first.
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then
+  return {}
+end
+local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
+local infos = redis.call('HMGET', KEYS[3], unpack(ids))
+local out = {}
+for i = 1, #ids do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = bodies[i] or ''
+  out[#out + 1] = infos[i] or '{}'
+end
+return out
