@@ -323,5 +323,60 @@ def demo(jobs: int, verbose: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@click.argument("app_target", metavar="MODULE:APP")
+@click.argument("task_name", metavar="TASK")
+@click.option("--payloads", type=click.Path(exists=True, dir_okay=False), help="JSON lines of sample arguments to run.")
+@click.option("--durations", type=click.Path(exists=True, dir_okay=False), help="Recorded durations (s), one per line.")
+@click.option("--runs", default=5, show_default=True, help="Runs of each sample payload.")
+@click.option("-c", "--concurrency", default=1, show_default=True, help="Sample runs at once.")
+@click.option("--limit", default=600.0, show_default=True, help="Seconds after which one sample run is abandoned.")
+@click.option("--lease", "lease_seconds", default=30.0, show_default=True, help="The worker's lease (s) to check.")
+@click.option("--heartbeat", "heartbeat_seconds", type=float, default=None, help="The worker's heartbeat (0: off).")
+@click.option("--drain", "drain_seconds", default=30.0, show_default=True, help="The worker's drain time (s).")
+@click.option("--keyed", is_flag=True, help="Jobs of this task are enqueued with idempotency keys.")
+def size(
+    app_target: str,
+    task_name: str,
+    payloads: str | None,
+    durations: str | None,
+    runs: int,
+    concurrency: int,
+    limit: float,
+    lease_seconds: float,
+    heartbeat_seconds: float | None,
+    drain_seconds: float,
+    keyed: bool,
+) -> None:
+    """Size a task's timeout, lease and heartbeat from its real durations; flag settings that cause duplicates.
+
+    Runs the task's handler on sample payloads (--payloads) or reads recorded durations
+    (--durations), prints the distribution and a recommendation, and exits 1 when the given
+    settings would run jobs twice.
+    """
+    from pathlib import Path
+
+    from asyncjobs import sizing
+    from asyncjobs.sizing_report import measure_with_progress, report
+
+    app = load_app(app_target)
+    spec = app.tasks.get(task_name)
+    if spec is None:
+        raise click.ClickException(f"no task named {task_name!r} in {app_target} (tasks: {', '.join(sorted(app.tasks))})")
+    if (payloads is None) == (durations is None):
+        raise click.UsageError("give exactly one of --payloads (run the handler) or --durations (recorded)")
+    try:
+        settings = sizing.Settings(spec.options.timeout, lease_seconds, heartbeat_seconds, drain_seconds, keyed)
+        if durations is not None:
+            measured = sizing.Measured(durations=sizing.read_durations(Path(durations)))
+        else:
+            calls = sizing.read_payloads(Path(payloads or ""))
+            measured = run(lambda: measure_with_progress(console, spec, calls, runs, concurrency, limit))
+        ok = report(console, task_name, measured, settings)
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if ok else 1)
+
+
 if __name__ == "__main__":
     main()

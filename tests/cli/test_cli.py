@@ -79,3 +79,40 @@ def test_sigterm_stops_an_idle_worker_cleanly() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+WIDE = {"COLUMNS": "250"}  # rich wraps table cells at the terminal width
+
+
+def test_size_runs_the_handler_on_samples_and_recommends(tmp_path: os.PathLike[str]) -> None:
+    samples = os.path.join(tmp_path, "samples.jsonl")
+    with open(samples, "w") as f:
+        f.write('[20]\n{"args": [60]}\n[-1]\n')
+    done = cli("size", "tests.cli.sample_app:app", "sample.work", "--payloads", samples, "--runs", "3", "--keyed", env=WIDE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "durations of 'sample.work' (9 runs)" in done.stdout
+    assert "ValueError x3" in done.stdout  # failed runs are counted, not hidden
+    assert "recommended" in done.stdout
+
+
+def test_size_exits_1_when_the_settings_would_run_jobs_twice(tmp_path: os.PathLike[str]) -> None:
+    samples = os.path.join(tmp_path, "samples.jsonl")
+    with open(samples, "w") as f:
+        f.write('{"args": [50], "kwargs": {"block_ms": 400}}\n')
+    done = cli(
+        "size", "tests.cli.sample_app:app", "sample.work", "--payloads", samples, "--runs", "2", "--lease", "1.2", env=WIDE
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "blocked the event loop" in done.stdout
+    durations = os.path.join(tmp_path, "d.txt")
+    with open(durations, "w") as f:
+        f.write("74\n70\n")
+    done = cli("size", "tests.cli.sample_app:app", "sample.work", "--durations", durations, "--heartbeat", "0", "--lease", "3", env=WIDE)
+    assert done.returncode == 1
+    assert "duplicate processing" in done.stdout
+
+
+def test_size_refuses_an_unknown_task() -> None:
+    done = cli("size", "tests.cli.sample_app:app", "nope", "--durations", "README.md")
+    assert done.returncode != 0
+    assert "no task named 'nope'" in done.stderr
