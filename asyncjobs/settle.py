@@ -12,9 +12,9 @@ import anyio
 
 from asyncjobs import instruments
 from asyncjobs.broker import Consumer, DeadLetterInfo
-from asyncjobs.clock import wall_time
+from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope
-from asyncjobs.errors import JobTimeout
+from asyncjobs.errors import BrokerConnectionError, JobTimeout
 from asyncjobs.job import Outcome
 from asyncjobs.leases import Held
 
@@ -75,6 +75,9 @@ def dead_letter_info(
     )
 
 
+RETRYABLE = (BrokerConnectionError, ConnectionError, OSError, TimeoutError)
+
+
 class AckBatcher:
     """Groups the acks of jobs that finished close together into one broker call.
 
@@ -100,15 +103,32 @@ class AckBatcher:
             self._wakeup = anyio.Event()
             await self.flush()
 
+    async def _ack(self, batch: list[Held]) -> list[bool]:
+        """Ack ``batch``; on a connection error retry with backoff while the leases last.
+
+        The leases stay heartbeated meanwhile, and an ack is conditional on the lease token, so a
+        retry never acks a job that was delivered again elsewhere.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await self._consumer.ack([h.delivery for h in batch])
+            except RETRYABLE as exc:
+                if monotonic() + delay >= min(h.confirmed_until for h in batch):
+                    log.error("ack of %d jobs failed (%s) until their leases ran out; they will run again", len(batch), exc)
+                    return [False] * len(batch)
+                log.warning("ack of %d jobs failed (%s); retrying in %.2fs", len(batch), exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:  # the broker refused: the leases will expire and the jobs return
+                log.error("ack of %d jobs failed (%s); they will be redelivered", len(batch), exc)
+                return [False] * len(batch)
+
     async def flush(self) -> None:
         """Send every pending ack now."""
         while self._pending:
             batch, self._pending = self._pending, []
-            try:
-                results = await self._consumer.ack([h.delivery for h in batch])
-            except Exception as exc:  # the broker failed: the leases will expire and the jobs return
-                log.error("ack of %d jobs failed (%s); they will be redelivered", len(batch), exc)
-                results = [False] * len(batch)
+            results = await self._ack(batch)
             for held, ok in zip(batch, results, strict=True):
                 self._on_acked(held, ok)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import threading
 from collections import deque
@@ -22,12 +23,15 @@ from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, Unkn
 from asyncjobs.job import Job, Outcome
 from asyncjobs.leases import Held, Interrupted, LeaseKeeper, StallDetector
 from asyncjobs.middleware.chain import CallNext, Middleware, build_chain
+from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.retry import RetryMiddleware
 from asyncjobs.middleware.timeout import TimeoutMiddleware
+from asyncjobs.middleware.tracing import observability_layers
 from asyncjobs.settle import Settler, WorkerStats
 
 log = logging.getLogger(__name__)
 
+_FETCH_BACKOFF = (0.1, 5.0)  # first and longest wait (s) before fetching again after a broker error
 _STUCK_GRACE = 5.0  # seconds a cancelled job may take to unwind before its runner is stopped
 
 
@@ -55,7 +59,9 @@ class Worker:
         self.app = app
         self.config = config or WorkerConfig()
         self.stats = WorkerStats()
-        layers = [*middleware, *app.middleware, RetryMiddleware(), TimeoutMiddleware()]
+        dedupe = [DedupeMiddleware(app.dedupe)] if app.dedupe is not None else []
+        outer = observability_layers(app.broker_url, middleware, self._cancel_reason)  # empty unless OTel SDK is set
+        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
@@ -73,6 +79,13 @@ class Worker:
     def broker(self) -> Broker:
         """The app's broker."""
         return self.app.broker
+
+    def _cancel_reason(self, job: Job) -> str | None:
+        """Why the worker cancelled ``job``: ``lease_lost``, ``shutdown``, or ``None`` (it did not)."""
+        held = self.keeper.held.get(job.delivery) if self.keeper is not None else None
+        if held is None:
+            return None
+        return "lease_lost" if held.lost else "shutdown" if held.stopping else None
 
     @property
     def stopping(self) -> bool:
@@ -158,6 +171,7 @@ class Worker:
         """Lease as many jobs as there are free slots, one broker call at a time."""
         assert self._stopping is not None
         stopping, wait = self._stopping, self.config.fetch_wait_seconds
+        backoff = _FETCH_BACKOFF[0]
         try:
             while not stopping.is_set():
                 free = self.config.leases_held - len(keeper.held)
@@ -167,10 +181,13 @@ class Worker:
                     continue
                 try:
                     deliveries = await consumer.fetch(free, wait)
-                except Exception as exc:
-                    log.error("fetch failed (%s); retrying in 1s", exc)
-                    await anyio.sleep(1.0)
+                except Exception as exc:  # the broker is away: keep the leases we hold, try again later
+                    log.error("fetch failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, backoff)
+                    with anyio.move_on_after(backoff * (0.5 + random.random() / 2)):
+                        await stopping.wait()
+                    backoff = min(backoff * 2, _FETCH_BACKOFF[1])
                     continue
+                backoff = _FETCH_BACKOFF[0]
                 if deliveries:
                     self._buffer.extend(keeper.add(d) for d in deliveries)  # kept alive from now on
                     self._wake_runners()
