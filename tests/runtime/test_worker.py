@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 
 import anyio
 import pytest
 
-from asyncjobs import PayloadTooLargeError, PermanentError, Retry
+import asyncjobs.worker as worker_module
+from asyncjobs import App, CallNext, Job, Outcome, PayloadTooLargeError, PermanentError, Retry
 from asyncjobs.broker import OutgoingJob
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.memory import MemoryBroker
@@ -376,3 +378,60 @@ def test_a_memory_broker_serves_one_event_loop_after_another() -> None:
 
     assert anyio.run(one_round) == 1
     assert anyio.run(one_round) == 1
+
+
+class SlowBefore:
+    """A middleware that awaits something slow before the job's own scope opens."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.entered = anyio.Event()
+
+    async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+        self.entered.set()
+        await anyio.sleep(self.seconds)
+        return await call_next(job)
+
+
+async def test_lease_lost_while_in_middleware_never_runs_the_handler() -> None:
+    broker = MemoryBroker(f"memory://{uuid.uuid4().hex}")
+    slow = SlowBefore(1.0)
+    app = App(broker, middleware=[slow])
+    ran: list[int] = []
+
+    @app.task(name="late", timeout=None)
+    async def late() -> None:
+        ran.append(1)
+
+    await late.enqueue()
+    async with running(app, lease_seconds=0.6) as worker:
+        with anyio.fail_after(5):
+            await slow.entered.wait()
+        for stored in broker._jobs.values():
+            stored.deadline = 0.0
+        thief = await broker.consumer(["default"], prefetch=1, lease_seconds=30)
+        [stolen] = await thief.fetch(1, 1.0)
+        await eventually(lambda: worker.stats.lease_lost == 1)
+    assert ran == [], "the handler must not start once the lease is known lost"
+    assert await thief.ack([stolen]) == [True]
+
+
+async def test_job_stuck_in_middleware_does_not_hold_up_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "_STUCK_GRACE", 0.5)
+    slow = SlowBefore(60)
+    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"), middleware=[slow])
+
+    @app.task(name="stuck", timeout=None)
+    async def stuck() -> None:
+        pass
+
+    await stuck.enqueue()
+    async with running(app, lease_seconds=60, drain_seconds=0.2) as worker:
+        with anyio.fail_after(5):
+            await slow.entered.wait()
+        stopped_at = time.monotonic()
+        worker.stop()
+    assert time.monotonic() - stopped_at < 3
+    stats = await app.broker.stats("default")
+    assert (stats.ready, stats.in_flight) == (1, 0), "given back at once, not after the 60 s lease"
+    assert worker.stats.released == 1
