@@ -45,8 +45,6 @@ class MetricsMiddleware:
             return outcome
         finally:
             instruments.in_flight.add(-1, task)
-            instruments.job_duration.record(
-                monotonic() - start, {"task": job.task, "outcome": kind, "reason": reason}
-            )
+            instruments.job_duration.record(monotonic() - start, {"task": job.task, "outcome": kind, "reason": reason})
             if kind in ("done", "dead"):
                 instruments.retry_attempts.record(job.attempt, {"task": job.task, "outcome": kind})

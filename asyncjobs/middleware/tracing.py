@@ -1,0 +1,231 @@
+"""OpenTelemetry tracing after the messaging semantic conventions.
+
+* Producer: one ``PRODUCER`` span per enqueued job (``send TASK``), whose W3C context
+  (``traceparent``/``tracestate``, through the globally configured propagator) is injected into
+  the envelope's headers.
+* Consumer: one ``CONSUMER`` span per processing attempt (``process TASK``), a child of the
+  context extracted from the headers, so a job continues its producer's trace, including a
+  producer in another process or language that only set ``traceparent``.
+
+Attributes: ``messaging.system`` (``rabbitmq``, ``redis``, ``memory``), ``messaging.destination.name``
+(the queue), ``messaging.message.id``, ``messaging.operation.type``/``.name`` (``send``,
+``process``), ``asyncjobs.task``, ``asyncjobs.attempt``, and at the end ``asyncjobs.outcome`` and
+``asyncjobs.outcome.reason``. Handler errors are recorded as exceptions with an error status;
+retry, timeout, dead letter, dedupe skip or deferral, lease loss and shutdown are span events.
+
+With no SDK tracer provider configured, the worker leaves this layer out and the producer layer
+returns at once: tracing costs nothing unless it is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+
+from asyncjobs.errors import JobTimeout
+from asyncjobs.job import Job, Outcome
+from asyncjobs.middleware.chain import CallNext
+
+if TYPE_CHECKING:
+    from asyncjobs.app import Publish
+    from asyncjobs.envelope import Envelope
+    from asyncjobs.middleware.metrics import MetricsMiddleware
+
+SCOPE = "asyncjobs"
+_SYSTEMS = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq", "memory": "memory"}
+
+
+def tracing_enabled(provider: trace.TracerProvider | None = None) -> bool:
+    """Whether ``provider`` (default: the global one) is a real (SDK) tracer provider."""
+    provider = provider or trace.get_tracer_provider()
+    return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+
+
+def messaging_system(broker_url: str) -> str:
+    """The ``messaging.system`` value for a broker URL (its scheme, or the conventional name)."""
+    scheme = broker_url.partition("://")[0].lower()
+    return _SYSTEMS.get(scheme, scheme or "unknown")
+
+
+class _Traced:
+    """Finds a tracer: the one of an explicit provider, else the global one when it is real."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
+        self._explicit = tracer_provider.get_tracer(SCOPE) if tracer_provider is not None else None
+        self._global: tuple[trace.TracerProvider, trace.Tracer] | None = None
+
+    def tracer(self) -> trace.Tracer | None:
+        if self._explicit is not None:
+            return self._explicit
+        provider = trace.get_tracer_provider()
+        if self._global is not None and self._global[0] is provider:
+            return self._global[1]
+        if not tracing_enabled(provider):
+            return None
+        self._global = (provider, provider.get_tracer(SCOPE))
+        return self._global[1]
+
+
+class TracingMiddleware(_Traced):
+    """The consumer side: one ``CONSUMER`` span around each attempt (the outermost layer).
+
+    ``cancel_reason(job)`` tells why an attempt was cancelled (``lease_lost``, ``shutdown``); the
+    worker provides it.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        system: str = "unknown",
+        cancel_reason: Callable[[Job], str | None] | None = None,
+    ) -> None:
+        super().__init__(tracer_provider)
+        self.system = system
+        self.cancel_reason = cancel_reason
+
+    async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+        """Run the rest of the chain inside the attempt's span."""
+        tracer = self.tracer()
+        if tracer is None:
+            return await call_next(job)
+        env = job.envelope
+        parent = propagate.extract(env.headers) if env.headers else None
+        attributes: dict[str, str | int] = {
+            "messaging.system": self.system,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": job.id,
+            "messaging.message.body.size": len(job.delivery.body),
+            "asyncjobs.task": job.task,
+            "asyncjobs.attempt": job.attempt,
+            "asyncjobs.delivery_count": job.delivery.delivery_count,
+        }
+        if env.key is not None:
+            attributes["asyncjobs.idempotency_key"] = env.key
+        with tracer.start_as_current_span(
+            f"process {job.task}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                outcome = await call_next(job)
+            except BaseException as exc:
+                reason = self.cancel_reason(job) if self.cancel_reason is not None else None
+                if reason is not None:
+                    span.add_event(f"asyncjobs.{reason}")
+                    span.set_attribute("asyncjobs.outcome", "cancelled")
+                    span.set_attribute("asyncjobs.outcome.reason", reason)
+                else:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            _annotate(span, job, outcome)
+            return outcome
+
+
+def _annotate(span: trace.Span, job: Job, outcome: Outcome) -> None:
+    """Outcome attributes and events on the attempt's span."""
+    span.set_attribute("asyncjobs.outcome", outcome.kind)
+    span.set_attribute("asyncjobs.outcome.reason", outcome.reason)
+    error = outcome.error
+    if error is not None and outcome.kind in ("retry", "dead"):
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        if isinstance(error, JobTimeout):
+            span.add_event("asyncjobs.timeout", {"asyncjobs.timeout": job.timeout or 0.0})
+    if outcome.kind == "retry":
+        span.add_event("asyncjobs.retry", {"asyncjobs.retry.delay": outcome.delay, "asyncjobs.attempt": job.attempt})
+    elif outcome.kind == "dead":
+        span.add_event("asyncjobs.dead_letter", {"asyncjobs.dead_letter.reason": outcome.reason})
+    elif outcome.kind == "skipped":
+        span.add_event("asyncjobs.dedupe.skipped", {"asyncjobs.idempotency_key": job.envelope.key or ""})
+    elif outcome.kind == "deferred":
+        span.add_event("asyncjobs.dedupe.deferred", {"asyncjobs.retry.delay": outcome.delay})
+    if job.state.get("cancellation_swallowed"):
+        span.add_event("asyncjobs.cancellation_swallowed")
+
+
+class TracingProducerMiddleware(_Traced):
+    """The producer side: a ``PRODUCER`` span per job, its context injected into the job's headers.
+
+    The span covers the broker's accept (it ends when the enqueue returned); a job refused by its
+    idempotency key gets ``asyncjobs.accepted = false``.
+    """
+
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None = None, *, system: Callable[[], str] | str = "unknown"
+    ) -> None:
+        super().__init__(tracer_provider)
+        self.system = system
+
+    async def __call__(self, envelopes: Sequence[Envelope], call_next: Publish) -> list[bool]:
+        """Publish ``envelopes`` with trace headers inside their spans."""
+        tracer = self.tracer()
+        if tracer is None:
+            return await call_next(envelopes)
+        system = self.system() if callable(self.system) else self.system
+        spans: list[trace.Span] = []
+        traced: list[Envelope] = []
+        for env in envelopes:
+            span = tracer.start_span(
+                f"send {env.task}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": system,
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "send",
+                    "messaging.destination.name": env.queue,
+                    "messaging.message.id": env.id,
+                    "asyncjobs.task": env.task,
+                    "asyncjobs.attempt": env.attempt,
+                },
+            )
+            headers = dict(env.headers)
+            propagate.inject(headers, context=trace.set_span_in_context(span))
+            spans.append(span)
+            traced.append(replace(env, headers=headers))
+        try:
+            accepted = await call_next(traced)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                span.end()
+            raise
+        for span, ok in zip(spans, accepted, strict=True):
+            span.set_attribute("asyncjobs.accepted", ok)
+            span.end()
+        return accepted
+
+
+def observability_layers(
+    broker_url: str, middleware: Sequence[object], cancel_reason: Callable[[Job], str | None]
+) -> list[TracingMiddleware | MetricsMiddleware]:
+    """The worker's outermost layers: tracing and metrics, each only when an SDK provider is set.
+
+    A :class:`TracingMiddleware` the user passed in ``middleware`` is completed (system, cancel
+    reasons) instead of being doubled.
+    """
+    from asyncjobs.middleware.metrics import MetricsMiddleware, metrics_enabled
+
+    layers: list[TracingMiddleware | MetricsMiddleware] = []
+    system = messaging_system(broker_url)
+    given = [m for m in middleware if isinstance(m, TracingMiddleware)]
+    for layer in given:
+        layer.system = system if layer.system == "unknown" else layer.system
+        layer.cancel_reason = layer.cancel_reason or cancel_reason
+    if not given and tracing_enabled():
+        layers.append(TracingMiddleware(system=system, cancel_reason=cancel_reason))
+    if metrics_enabled():
+        layers.append(MetricsMiddleware())
+    return layers
