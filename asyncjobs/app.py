@@ -10,9 +10,11 @@ from typing import Any, Protocol, TypeVar, overload
 
 from asyncjobs.broker import Broker, OutgoingJob, from_url
 from asyncjobs.clock import wall_time
+from asyncjobs.dedupe.store import DedupeStore, key_for
 from asyncjobs.envelope import Envelope, new_id
 from asyncjobs.errors import ConfigError, PayloadTooLargeError
 from asyncjobs.middleware.chain import Middleware
+from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
 from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
 
@@ -55,6 +57,12 @@ class App:
     ``broker`` is a URL (``memory://``, ``redis://...``, ``amqp://...``) or a broker object;
     by default ``$ASYNCJOBS_BROKER_URL``, else ``memory://``. ``middleware`` wraps every handler
     (outermost first) inside the built-in tracing layer and outside dedupe, retry and timeout.
+
+    ``dedupe`` is the store of idempotency records: with it, a job enqueued with a ``key`` runs
+    to completion at most once per key within the task's ``unique_ttl``, and it guards enqueues
+    on brokers that cannot refuse a duplicate key themselves. ``deterministic_keys=True`` gives
+    every call without an explicit key the key :func:`asyncjobs.dedupe.key_for` derives from the
+    task name and its arguments, so the same call is not enqueued (nor run) twice.
     """
 
     def __init__(
@@ -66,6 +74,8 @@ class App:
         enqueue_guard: EnqueueGuard | None = None,
         max_payload_bytes: int = 1024 * 1024,
         default_queue: str = "default",
+        dedupe: DedupeStore | None = None,
+        deterministic_keys: bool = False,
     ) -> None:
         if max_payload_bytes <= 0:
             raise ConfigError(f"max_payload_bytes must be > 0, got {max_payload_bytes}")
@@ -76,7 +86,12 @@ class App:
         self.tasks: dict[str, TaskSpec] = {}
         self.middleware = list(middleware)
         self.producer_middleware = list(producer_middleware)
-        self.enqueue_guard = enqueue_guard
+        if not any(isinstance(m, TracingProducerMiddleware) for m in self.producer_middleware):
+            tracing = TracingProducerMiddleware(system=lambda: messaging_system(self.broker_url))
+            self.producer_middleware.insert(0, tracing)  # a no-op unless an SDK tracer provider is set
+        self.dedupe = dedupe
+        self.deterministic_keys = deterministic_keys
+        self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
         self.max_payload_bytes = max_payload_bytes
         self.default_queue = default_queue
 
@@ -182,7 +197,7 @@ class App:
             enqueued_at=now,
             not_before=now + call.delay if call.delay else None,
             timeout=call.timeout,
-            key=call.key,
+            key=call.key or (key_for(spec.name, args, kwargs) if self.deterministic_keys else None),
             headers=dict(call.headers or {}),
             extra=extra,
         )
