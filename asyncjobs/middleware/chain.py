@@ -31,8 +31,18 @@ def build_chain(middleware: Sequence[Middleware], innermost: CallNext) -> CallNe
     return call
 
 
-def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
-    async def call(job: Job) -> Outcome:
-        return await layer(job, call_next)
+class _Bound:
+    """``layer`` with its ``call_next`` bound: calling it returns the layer's coroutine directly."""
 
-    return call
+    __slots__ = ("call_next", "layer")
+
+    def __init__(self, layer: Middleware, call_next: CallNext) -> None:
+        self.layer = layer
+        self.call_next = call_next
+
+    def __call__(self, job: Job) -> Awaitable[Outcome]:
+        return self.layer(job, self.call_next)
+
+
+def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
+    return _Bound(layer, call_next)
