@@ -1,0 +1,298 @@
+"""The RabbitMQ broker: producer and admin side (enqueue, stats, dead letters)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import aio_pika
+import aio_pika.abc
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats
+from asyncjobs.clock import wall_time
+from asyncjobs.envelope import peek_id
+from asyncjobs.errors import BrokerConnectionError, BrokerError
+from asyncjobs_rabbitmq import wire
+from asyncjobs_rabbitmq.consumer import RabbitConsumer
+from asyncjobs_rabbitmq.options import RabbitOptions
+from asyncjobs_rabbitmq.topology import DEAD_ARGUMENTS, Topology, bucket_for
+from asyncjobs_rabbitmq.version import ServerInfo
+
+log = logging.getLogger(__name__)
+
+MAX_BROWSE = 100_000
+"""Dead letters read at most by one list/get/replay/purge-by-id (browsing a queue is O(n))."""
+
+Outgoing = tuple[str, bytes, Basic.Properties]
+"""One message to publish: routing key (queue name), body, properties."""
+
+
+class RabbitBroker:
+    """A broker on RabbitMQ; one robust AMQP connection per instance (reconnects by itself).
+
+    ``leases_expire`` is ``False``: a lease is the AMQP channel that holds the delivery, not a
+    deadline (see the package README). ``supports_unique`` is ``False``: RabbitMQ cannot refuse a
+    duplicate at enqueue; the runtime's enqueue guard (a record store) does it.
+    """
+
+    supports_unique = False
+    leases_expire = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.options = RabbitOptions.from_url(url)
+        self.server = ServerInfo()
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._publisher: aio_pika.abc.AbstractChannel | None = None
+        self._topology: Topology | None = None
+        self._connect_lock = asyncio.Lock()
+        self._browse_lock = asyncio.Lock()
+        self.consumers: set[RabbitConsumer] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> RabbitBroker:
+        """Same as the constructor."""
+        return cls(url)
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection, a confirming publish channel and an admin channel. Idempotent."""
+        async with self._connect_lock:
+            if self._connection is not None:
+                return
+            try:
+                connection = await aio_pika.connect_robust(
+                    self.options.amqp_url, client_properties={"connection_name": self.options.connection_name}
+                )
+            except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
+                raise BrokerConnectionError(f"cannot connect to RabbitMQ ({_hide_password(self.url)}): {exc}") from exc
+            transport = connection.transport
+            self.server = ServerInfo.from_properties(
+                transport.connection.server_properties if transport is not None else None
+            )
+            self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            admin = await connection.channel(publisher_confirms=False)
+            self._topology = Topology(self.options, self.server, admin)
+            self._connection = connection
+            log.info("connected to %s as %r", self.server.describe(), self.options.connection_name)
+
+    async def close(self) -> None:
+        """Close the connection and every channel on it. Idempotent."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractRobustConnection:
+        """The open connection (after :meth:`connect`)."""
+        if self._connection is None:
+            raise BrokerError("RabbitMQ broker is not connected: await broker.connect() first")
+        return self._connection
+
+    @property
+    def topology(self) -> Topology:
+        """Queue declarations (after :meth:`connect`)."""
+        if self._topology is None:
+            raise BrokerError("RabbitMQ broker is not connected: await broker.connect() first")
+        return self._topology
+
+    async def _ready(self) -> Topology:
+        if self._connection is None:
+            await self.connect()
+        return self.topology
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish persistent, mandatory messages and wait until RabbitMQ confirmed every one.
+
+        All are written first and the confirms awaited together. Raises :class:`BrokerError` when
+        any was nacked, returned unroutable, or the channel failed.
+        """
+        if not messages:
+            return
+        assert self._publisher is not None
+        try:
+            channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
+            results = await asyncio.gather(
+                *(
+                    channel.basic_publish(body, routing_key=key, properties=props, mandatory=True, wait=False)
+                    for key, body, props in messages
+                ),
+                return_exceptions=True,
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
+            raise BrokerConnectionError(f"RabbitMQ publish failed: {exc}") from exc
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            first = failed[0]
+            if isinstance(first, asyncio.CancelledError) and not isinstance(first, aiormq.exceptions.AMQPError):
+                raise first
+            why = (
+                "returned unroutable"
+                if isinstance(first, aiormq.exceptions.PublishError)
+                else str(first) or repr(first)
+            )
+            raise BrokerError(f"RabbitMQ did not accept {len(failed)} of {len(messages)} messages: {why}")
+
+    async def route(self, queue: str, not_before: float | None) -> str:
+        """The RabbitMQ queue to publish a job of ``queue`` due at ``not_before`` into."""
+        topology = await self._ready()
+        ms = bucket_for(not_before - wall_time()) if not_before is not None else None
+        if ms is None:
+            return (await topology.ensure(queue)).work
+        return await topology.ensure_bucket(queue, ms)
+
+    async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
+        """Publish every job persistently and wait for all confirms; ``unique_key`` is not enforced here."""
+        messages: list[Outgoing] = []
+        for job in jobs:
+            key = await self.route(job.queue, job.not_before)
+            messages.append((key, job.body, wire.properties(job.id, wire.due_headers(job.not_before))))
+        await self.publish(messages)
+        return [True] * len(jobs)
+
+    async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> RabbitConsumer:
+        """A consumer on a channel of its own with ``basic.qos(prefetch)`` per queue."""
+        consumer = RabbitConsumer(self, list(queues), prefetch, lease_seconds)
+        await consumer.start()
+        self.consumers.add(consumer)
+        return consumer
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Ready (work queue), scheduled (delay buckets) and dead counts.
+
+        AMQP reports only the messages waiting in a queue. Messages prefetched by a consumer but not
+        yet taken by its worker count as ready (or scheduled) when that consumer is in this process;
+        those of other processes, and every running job, are unacked and counted nowhere:
+        ``in_flight`` counts this process's leases only, and ``oldest_ready_age`` is ``None``.
+        """
+        ready, scheduled, dead = await (await self._ready()).counts(queue)
+        in_flight = 0
+        for consumer in self.consumers:
+            buffered_ready, buffered_scheduled, held = consumer.local_counts(queue)
+            ready, scheduled, in_flight = ready + buffered_ready, scheduled + buffered_scheduled, in_flight + held
+        return QueueStats(ready=ready, scheduled=scheduled, in_flight=in_flight, dead=dead)
+
+    async def _browse(
+        self, queue: str, visit: Callable[[DeliveredMessage], Awaitable[bool]], stop_after_hit: bool = False
+    ) -> None:
+        """Read the dead letters of ``queue`` in order without removing them.
+
+        Each message is fetched unacked; ``visit`` returns ``True`` when it acked (removed) it. The
+        channel is closed at the end, so every message not acked goes back where it was.
+        """
+        names = await (await self._ready()).ensure(queue)
+        async with self._browse_lock:
+            channel = await self.connection.channel(publisher_confirms=False)
+            try:
+                declared = await channel.declare_queue(names.dead, durable=True, arguments=DEAD_ARGUMENTS, robust=False)
+                total = declared.declaration_result.message_count or 0
+                underlay = await channel.get_underlay_channel()
+                for _ in range(min(total, MAX_BROWSE)):
+                    message = await underlay.basic_get(names.dead, no_ack=False)
+                    if message.delivery_tag is None:  # get-empty
+                        break
+                    if await visit(message) and stop_after_hit:
+                        break
+            finally:
+                await channel.close()
+
+    def _letter(self, queue: str, message: DeliveredMessage) -> DeadLetter:
+        dead_id = wire.job_id_of(message) or f"tag-{message.delivery_tag}"
+        return DeadLetter(dead_id, queue, message.body, wire.dead_info_of(message))
+
+    async def list_dead(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Newest first. Reads the whole dead-letter queue (up to ``MAX_BROWSE``): O(n)."""
+        found: list[DeadLetter] = []
+
+        async def collect(message: DeliveredMessage) -> bool:
+            found.append(self._letter(queue, message))
+            return False
+
+        await self._browse(queue, collect)
+        return list(reversed(found))[:limit]
+
+    async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
+        """One dead letter by id (a scan of the dead-letter queue)."""
+        found: list[DeadLetter] = []
+
+        async def match(message: DeliveredMessage) -> bool:
+            letter = self._letter(queue, message)
+            if letter.id == dead_id:
+                found.append(letter)
+                return True
+            return False
+
+        await self._browse(queue, match, stop_after_hit=True)
+        return found[0] if found else None
+
+    async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
+        """Publish ``body`` to the work queue (confirmed), then remove the dead letter."""
+        work = await self.route(queue, None)
+        replayed: list[bool] = []
+
+        async def swap(message: DeliveredMessage) -> bool:
+            if self._letter(queue, message).id != dead_id:
+                return False
+            await self.publish([(work, body, wire.properties(peek_id(body) or dead_id))])
+            await message.channel.basic_ack(message.delivery_tag or 0)
+            replayed.append(True)
+            return True
+
+        await self._browse(queue, swap, stop_after_hit=True)
+        return bool(replayed)
+
+    async def purge_dead(self, queue: str, dead_ids: Sequence[str] | None = None) -> int:
+        """Delete the given dead letters (all when ``None``: one ``queue.purge``)."""
+        if dead_ids is None:
+            names = await (await self._ready()).ensure(queue)
+            assert self._topology is not None
+            declared = await self._topology.declare(names.dead, DEAD_ARGUMENTS)
+            return _purged(await declared.purge())
+        wanted = set(dead_ids)
+        deleted: list[str] = []
+
+        async def drop(message: DeliveredMessage) -> bool:
+            letter_id = self._letter(queue, message).id
+            if letter_id in wanted:
+                await message.channel.basic_ack(message.delivery_tag or 0)
+                wanted.discard(letter_id)
+                deleted.append(letter_id)
+                return not wanted
+            return False
+
+        await self._browse(queue, drop, stop_after_hit=True)
+        return len(deleted)
+
+    async def delete_queues(self, queue: str) -> None:
+        """Delete every RabbitMQ queue of ``queue`` with its messages (tests, tear-down)."""
+        await (await self._ready()).delete(queue)
+
+    def new_message_id(self) -> str:
+        """A fresh message id for bodies without a job id."""
+        return uuid.uuid4().hex
+
+
+def _purged(result: Any) -> int:
+    count = getattr(result, "message_count", 0)
+    return int(count or 0)
+
+
+def _hide_password(url: str) -> str:
+    options = RabbitOptions.from_url(url)
+    head, _, tail = options.amqp_url.rpartition("@")
+    if not head:
+        return tail
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"

@@ -1,0 +1,406 @@
+"""The consuming side: leases are deliveries on one AMQP channel.
+
+RabbitMQ has no per-message visibility timeout: an unacked delivery stays with its channel until
+it is acked or the channel closes (worker crash, connection loss, ``consumer_timeout``); then the
+server requeues it with its redelivery count raised. So a lease here is *the channel owning the
+delivery*: it holds while that channel is open, ``extend`` costs no round trip, and a delivery of
+a closed channel is never acked (the server already gave it back).
+
+One exception keeps a healthy long job from running twice on servers without a per-queue consumer
+timeout (before 3.12): when the server closes the channel because an ack is late, the deliveries
+stay held for one lease length, and a redelivery of the same job that comes back to this
+consumer in that time is *adopted* as the running job's new lease instead of being run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import aio_pika.abc
+import aiormq
+import anyio
+from aiormq.abc import AbstractChannel, DeliveredMessage
+
+from asyncjobs.broker import DeadLetterInfo, Delivery
+from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.errors import BrokerError
+from asyncjobs_rabbitmq import wire
+from asyncjobs_rabbitmq.topology import Names, bucket_for, work_arguments
+
+if TYPE_CHECKING:
+    from asyncjobs_rabbitmq.broker import Outgoing, RabbitBroker
+
+log = logging.getLogger(__name__)
+
+_CLOSED = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """Broker-private handle of a :class:`Delivery`."""
+
+    message: DeliveredMessage
+    names: Names
+    prior: int  # earlier unsettled deliveries of this body
+    settled: bool = False
+    orphaned_at: float | None = None  # when first seen on a channel closed by consumer timeout
+    ack_on_adopt: bool = False
+
+    @property
+    def channel(self) -> AbstractChannel:
+        return self.message.channel
+
+    @property
+    def tag(self) -> int:
+        return self.message.delivery_tag or 0
+
+
+def closed_by_consumer_timeout(channel: AbstractChannel) -> bool:
+    """Whether the server closed ``channel`` because an ack was later than ``consumer_timeout``."""
+    closing = channel.closing
+    if not closing.done() or closing.cancelled():
+        return False
+    exc = closing.exception()
+    return isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed) and "timed out" in str(exc)
+
+
+class RabbitConsumer:
+    """Leases jobs of some queues to one worker over one channel (prefetch per queue)."""
+
+    def __init__(self, broker: RabbitBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
+        self._broker = broker
+        self._queues = queues
+        self._prefetch = prefetch
+        self._lease = lease_seconds
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._names: dict[str, Names] = {}
+        self._inbox: deque[tuple[str, DeliveredMessage]] = deque()
+        self._arrived = asyncio.Event()
+        self._held: dict[str, list[Delivery]] = {}  # job id -> handed out, not settled
+        self._uid = uuid.uuid4().hex[:8]
+        self._serial = itertools.count(1)
+        self._closed = False
+
+    # -- subscription --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Declare the queues, open the channel and subscribe (again after every reopen)."""
+        topology = await self._broker._ready()
+        for queue in self._queues:
+            self._names[queue] = await topology.ensure(queue)
+        channel = await self._broker.connection.channel(publisher_confirms=False)
+        assert isinstance(channel, aio_pika.abc.AbstractRobustChannel)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._channel = channel
+        channel.reopen_callbacks.add(self._on_reopen)
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        topology = self._broker.topology
+        for queue, names in self._names.items():
+
+            async def on_message(message: DeliveredMessage, queue: str = queue) -> None:
+                await self._arrive(queue, message)
+
+            await underlay.queue_declare(
+                names.work, durable=True, arguments=work_arguments(topology.options, topology.server, names)
+            )
+            await underlay.basic_consume(names.work, on_message, no_ack=False)
+
+    async def _on_reopen(self, *_: object) -> None:
+        if self._closed:
+            return
+        log.warning("consumer channel reopened after it was closed; subscribing again to %s", ",".join(self._queues))
+        await self._subscribe()
+
+    async def _arrive(self, queue: str, message: DeliveredMessage) -> None:
+        """A message came in: adopt it if it is a running job's redelivery, else queue it for fetch."""
+        job_id = wire.job_id_of(message)
+        for delivery in self._held.get(job_id or "", ()):
+            lease: _Lease = delivery.handle
+            if lease.channel.is_closed and not lease.settled and delivery.body == message.body:
+                await self._adopt(delivery, lease, message)
+                return
+        self._inbox.append((queue, message))
+        self._arrived.set()
+
+    async def _adopt(self, delivery: Delivery, lease: _Lease, message: DeliveredMessage) -> None:
+        delivery.handle = _Lease(message, lease.names, lease.prior)
+        delivery.token = self._token(message)
+        log.warning(
+            "job %s came back after its channel closed while it still runs here: adopted as its lease, not run again",
+            delivery.job_id,
+        )
+        if lease.ack_on_adopt:  # it finished while waiting for the redelivery
+            self._forget(delivery)
+            delivery.handle.settled = True
+            await self._ack(delivery.handle)
+
+    def _token(self, message: DeliveredMessage) -> str:
+        return f"{self._uid}.{id(message.channel):x}.{message.delivery_tag}.{next(self._serial)}"
+
+    def local_counts(self, queue: str) -> tuple[int, int, int]:
+        """Messages of ``queue`` this consumer holds: buffered ready, buffered early (scheduled), handed out."""
+        ready = scheduled = 0
+        now = wall_time()
+        for name, message in self._inbox:
+            if name != queue or message.channel.is_closed:
+                continue
+            due = wire.due_of(wire.headers_of(message))
+            if due is not None and bucket_for(due - now) is not None:
+                scheduled += 1
+            else:
+                ready += 1
+        held = sum(1 for ds in self._held.values() for d in ds if d.queue == queue and not d.handle.settled)
+        return ready, scheduled, held
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
+        """Hand out up to ``max_count`` deliveries, waiting up to ``wait_seconds`` for the first.
+
+        Messages that came back from a delay bucket before their time go to the next bucket, and
+        (classic queues) redelivered messages are re-published with their count recorded, here,
+        before anything is handed out.
+        """
+        deadline = monotonic() + wait_seconds
+        out: list[Delivery] = []
+        while not self._closed:
+            while self._inbox and len(out) < max_count:
+                queue, message = self._inbox.popleft()
+                delivery = await self._admit(queue, message)
+                if delivery is not None:
+                    out.append(delivery)
+            remaining = deadline - monotonic()
+            if out or remaining <= 0:
+                break
+            self._arrived.clear()
+            if not self._inbox:
+                with anyio.move_on_after(remaining):
+                    await self._arrived.wait()
+        return out
+
+    async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | None:
+        if message.channel.is_closed:
+            return None  # the server requeued it with its channel; it comes again
+        names = self._names[queue]
+        headers = wire.headers_of(message)
+        prior = wire.prior_of(headers)
+        server_count = wire.server_count_of(headers)
+        if server_count is None and _redelivered(message):  # classic: count it in a header
+            await self._move(_Lease(message, names, prior), names.work, prior + 1)
+            return None
+        prior += server_count or 0
+        due = wire.due_of(headers)
+        ms = bucket_for(due - wall_time()) if due is not None else None
+        if ms is not None:
+            await self._move(_Lease(message, names, prior), await self._broker.topology.ensure_bucket(queue, ms), prior)
+            return None
+        delivery = Delivery(
+            queue=queue,
+            job_id=wire.job_id_of(message),
+            body=message.body,
+            token=self._token(message),
+            delivery_count=prior + 1,
+            handle=_Lease(message, names, prior),
+        )
+        self._held.setdefault(delivery.job_id or "", []).append(delivery)
+        return delivery
+
+    async def _move(self, lease: _Lease, routing_key: str, prior: int) -> None:
+        """Re-publish a delivery (confirmed) to ``routing_key``, then ack it."""
+        message = lease.message
+        props = wire.properties(
+            message.header.properties.message_id, wire.carried_headers(wire.headers_of(message), prior)
+        )
+        try:
+            await self._broker.publish([(routing_key, message.body, props)])
+        except BrokerError as exc:  # leave it with the server: the channel gives it back when it closes
+            log.error("could not re-publish job %s (%s); giving it back", wire.job_id_of(message), exc)
+            await self._nack(lease)
+            return
+        lease.settled = True
+        await self._ack(lease)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def _holds(self, delivery: Delivery) -> bool:
+        """Whether the lease still holds (its channel is open, or waiting for adoption)."""
+        lease: _Lease = delivery.handle
+        if lease.settled:
+            return False
+        if not lease.channel.is_closed:
+            return True
+        if closed_by_consumer_timeout(lease.channel):
+            now = monotonic()
+            if lease.orphaned_at is None:
+                lease.orphaned_at = now
+                log.warning(
+                    "job %s: RabbitMQ closed its channel (consumer_timeout); keeping it running for %.0fs "
+                    "while waiting for the redelivery to adopt",
+                    delivery.job_id,
+                    self._lease,
+                )
+            if now - lease.orphaned_at < self._lease:
+                return True
+        self._forget(delivery)
+        return False
+
+    def _forget(self, delivery: Delivery) -> None:
+        held = self._held.get(delivery.job_id or "")
+        if held is not None:
+            with contextlib.suppress(ValueError):
+                held.remove(delivery)
+            if not held:
+                del self._held[delivery.job_id or ""]
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """``True`` while each delivery's channel is open (no round trip: leases live with channels)."""
+        return [self._holds(d) for d in deliveries]
+
+    async def _ack(self, lease: _Lease) -> bool:
+        try:
+            await lease.channel.basic_ack(lease.tag, wait=False)
+        except _CLOSED:
+            return False
+        return True
+
+    async def _nack(self, lease: _Lease) -> None:
+        lease.settled = True
+        with contextlib.suppress(*_CLOSED):  # its channel is gone: the server requeued it already
+            await lease.channel.basic_nack(lease.tag, requeue=True, wait=False)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Ack each delivery on its channel (frames written without waiting; AMQP acks have no reply)."""
+        results: list[bool] = []
+        for delivery in deliveries:
+            lease: _Lease = delivery.handle
+            if not self._holds(delivery):
+                results.append(False)
+                continue
+            if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
+                lease.ack_on_adopt = True
+                results.append(True)
+                continue
+            lease.settled = True
+            self._forget(delivery)
+            results.append(await self._ack(lease))
+        return results
+
+    async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:
+        """Store ``outgoing`` (confirmed), then ack ``delivery``: a crash in between duplicates, never loses."""
+        lease: _Lease = delivery.handle
+        try:
+            await self._broker.publish([outgoing])
+        except BrokerError:
+            await self._nack(lease)
+            self._forget(delivery)
+            raise
+        lease.settled = True
+        self._forget(delivery)
+        await self._ack(lease)  # a failed ack redelivers the old body too: a duplicate, never a loss
+        return True
+
+    async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
+        """Publish the next attempt (into a delay bucket when due later), confirmed, then ack this one."""
+        if not self._holds(delivery) or delivery.handle.channel.is_closed:
+            return False
+        key = await self._broker.route(delivery.queue, not_before)
+        message: Outgoing = (key, body, wire.properties(delivery.job_id, wire.due_headers(not_before)))
+        return await self._replace(delivery, message)
+
+    async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
+        """Publish the body with ``info`` to ``<queue>.dead`` (confirmed), then ack the original."""
+        if not self._holds(delivery) or delivery.handle.channel.is_closed:
+            return False
+        lease: _Lease = delivery.handle
+        dead_id = delivery.job_id or self._broker.new_message_id()
+        message: Outgoing = (lease.names.dead, delivery.body, wire.properties(dead_id, wire.dead_headers(info)))
+        return await self._replace(delivery, message)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give deliveries back without counting a delivery: re-publish (confirmed), then ack."""
+        leases: list[_Lease] = []
+        for delivery in deliveries:
+            if self._holds(delivery) and not delivery.handle.channel.is_closed:
+                leases.append(delivery.handle)
+            else:
+                delivery.handle.settled = True
+            self._forget(delivery)
+        await self._give_back(leases)
+
+    async def _give_back(self, leases: list[_Lease]) -> None:
+        if not leases:
+            return
+        outgoing: list[Outgoing] = []
+        for lease in leases:
+            message = lease.message
+            headers = wire.carried_headers(wire.headers_of(message), lease.prior)
+            outgoing.append(
+                (lease.names.work, message.body, wire.properties(message.header.properties.message_id, headers))
+            )
+        try:
+            await self._broker.publish(outgoing)
+        except BrokerError as exc:
+            log.warning("could not re-publish %d released jobs (%s); requeueing them instead", len(leases), exc)
+            for lease in leases:
+                await self._nack(lease)
+            return
+        for lease in leases:
+            lease.settled = True
+            await self._ack(lease)
+
+    async def close(self) -> None:
+        """Stop consuming, give back what is held or buffered, close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._arrived.set()
+        self._broker.consumers.discard(self)
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        try:
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            for tag in list(underlay.consumers):
+                await underlay.basic_cancel(tag)
+        except _CLOSED:
+            pass
+        held = [d for ds in self._held.values() for d in ds]
+        self._held.clear()
+        buffered = [
+            _Lease(message, self._names[queue], _earlier_deliveries(message))
+            for queue, message in self._inbox
+            if not message.channel.is_closed
+        ]
+        self._inbox.clear()
+        leases = [d.handle for d in held if not d.handle.settled and not d.handle.channel.is_closed] + buffered
+        try:
+            await self._give_back(leases)
+        except _CLOSED:
+            pass
+        finally:
+            await channel.close()
+
+
+def _earlier_deliveries(message: DeliveredMessage) -> int:
+    """Deliveries of this body before this one that ended unsettled."""
+    headers = wire.headers_of(message)
+    count = wire.server_count_of(headers)
+    if count is None:
+        count = 1 if _redelivered(message) else 0
+    return wire.prior_of(headers) + count
+
+
+def _redelivered(message: DeliveredMessage) -> bool:
+    return bool(getattr(message.delivery, "redelivered", False))

@@ -1,0 +1,101 @@
+"""Message properties and headers this broker writes and reads.
+
+Headers (all optional, so any AMQP producer can enqueue a bare envelope):
+
+* ``x-aj-due-ms``: the job's ``not_before`` as epoch milliseconds; a job that arrives earlier is
+  put back into a delay bucket by the consumer.
+* ``x-aj-deliveries``: earlier deliveries of this body that ended unsettled (crash, lost channel),
+  carried over when the broker re-publishes a message, so crash counts survive re-publishing.
+* ``x-aj-dead``: on dead letters, the JSON of :class:`~asyncjobs.broker.DeadLetterInfo`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from asyncjobs.broker import DeadLetterInfo
+from asyncjobs.envelope import peek_id
+
+DUE = "x-aj-due-ms"
+PRIOR = "x-aj-deliveries"
+DEAD = "x-aj-dead"
+_SERVER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", PRIOR)
+PERSISTENT = 2
+
+
+def properties(message_id: str | None, headers: dict[str, Any] | None = None) -> Basic.Properties:
+    """Persistent message properties."""
+    return Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers or None)
+
+
+def due_headers(not_before: float | None) -> dict[str, Any] | None:
+    """Headers carrying ``not_before`` (wall clock seconds), or ``None``."""
+    return None if not_before is None else {DUE: round(not_before * 1000)}
+
+
+def headers_of(message: DeliveredMessage) -> dict[str, Any]:
+    """The message's headers (empty when it has none)."""
+    return message.header.properties.headers or {}
+
+
+def job_id_of(message: DeliveredMessage) -> str | None:
+    """The job id: the AMQP ``message_id``, else the envelope's ``id``."""
+    return message.header.properties.message_id or peek_id(message.body)
+
+
+def due_of(headers: dict[str, Any]) -> float | None:
+    """``not_before`` in wall-clock seconds, if the message carries one."""
+    due = headers.get(DUE)
+    return due / 1000 if isinstance(due, int | float) and not isinstance(due, bool) else None
+
+
+def prior_of(headers: dict[str, Any]) -> int:
+    """Earlier unsettled deliveries recorded by a re-publish."""
+    value = headers.get(PRIOR, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def server_count_of(headers: dict[str, Any]) -> int | None:
+    """A quorum queue's ``x-delivery-count`` (earlier deliveries of this message), if present."""
+    value = headers.get("x-delivery-count")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def carried_headers(headers: dict[str, Any], prior: int) -> dict[str, Any] | None:
+    """Headers for a re-publish: ours and the producer's kept, the server's dropped, ``prior`` recorded."""
+    kept = {k: v for k, v in headers.items() if not k.startswith(_SERVER_HEADERS)}
+    if prior:
+        kept[PRIOR] = prior
+    return kept or None
+
+
+def dead_headers(info: DeadLetterInfo) -> dict[str, Any]:
+    """Headers of a dead letter."""
+    return {DEAD: json.dumps(info.to_json(), separators=(",", ":"))}
+
+
+def dead_info_of(message: DeliveredMessage) -> DeadLetterInfo:
+    """Why a dead letter died: our header, or the server's ``x-death`` record for messages it moved."""
+    headers = headers_of(message)
+    raw = headers.get(DEAD)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, str):
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            return DeadLetterInfo.from_json(doc)
+    reason = headers.get("x-first-death-reason", "unknown")
+    reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+    return DeadLetterInfo(
+        reason=reason,
+        error_type="RabbitMQ",
+        error_message=f"dead-lettered by the server ({reason})",
+        attempts=server_count_of(headers) or 0,
+    )
