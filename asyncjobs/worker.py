@@ -173,9 +173,11 @@ class Worker:
         stopping, wait = self._stopping, self.config.fetch_wait_seconds
         backoff = _FETCH_BACKOFF[0]
         try:
+            most = self.config.leases_held
+            batch = max(1, (most - self.config.concurrency) // 2)  # with prefetch > concurrency, fetch in batches
             while not stopping.is_set():
-                free = self.config.leases_held - len(keeper.held)
-                if free <= 0:
+                free = most - len(keeper.held)
+                if free <= 0 or (free < batch and self._buffer):  # runners still have work: let slots add up
                     self._room = anyio.Event()
                     await self._room.wait()  # set when a slot frees or a stop is asked for
                     continue
