@@ -52,7 +52,7 @@ class DedupeMiddleware:
         *,
         grace_seconds: float = 10.0,
         lease_seconds: float = 300.0,
-        max_defer_seconds: float = 30.0,
+        max_defer_seconds: float = 2.0,
         unavailable_delay: float = 5.0,
     ) -> None:
         self.store = store
