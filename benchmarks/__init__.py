@@ -1,0 +1,1 @@
+"""The benchmark suite of asyncjobs: ``python -m benchmarks --help``."""

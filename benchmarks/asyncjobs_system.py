@@ -1,0 +1,74 @@
+"""asyncjobs itself, through its public API only, on any broker URL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from benchmarks.core import Recorder, System, Workload
+
+
+class AsyncJobsSystem(System):
+    """``App(url)``, ``@app.task``, ``task.enqueue`` / ``app.enqueue_many``, a ``Worker`` in a task group.
+
+    The worker runs with its defaults (leases of 30 s, a batched heartbeat every 10 s, batched
+    acks, the full middleware chain: tracing, retry classification, a per-job timeout of 60 s).
+    """
+
+    role = "asyncjobs"
+    has_bulk = True
+
+    def __init__(self, workload: Workload, recorder: Recorder, prefix: str, url: str) -> None:
+        super().__init__(workload, recorder, prefix)
+        self.url = url
+        self.app: Any = None
+        self.task: Any = None
+
+    async def check(self) -> str | None:
+        try:
+            from asyncjobs import App
+
+            app = App(self.url, default_queue=self.prefix)
+            app.broker  # noqa: B018 - resolves the URL scheme to a broker class now
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        return None
+
+    async def setup(self) -> None:
+        from asyncjobs import App
+
+        self.app = App(self.url, default_queue=self.prefix)
+        recorder = self.recorder
+
+        @self.app.task(name="bench.noop")
+        async def noop(index: int) -> None:
+            recorder.mark(index)
+
+        self.task = noop
+        await self.app.broker.connect()
+
+    async def enqueue_one(self, index: int) -> None:
+        await self.task.enqueue(index)
+
+    async def enqueue_bulk(self, indices: range) -> None:
+        await self.app.enqueue_many(self.task, [self.task.call(i) for i in indices])
+
+    @asynccontextmanager
+    async def worker(self) -> AsyncIterator[None]:
+        from asyncjobs import Worker, WorkerConfig
+
+        config = WorkerConfig(queues=(self.prefix,), concurrency=self.workload.concurrency, shutdown_signals=False)
+        worker = Worker(self.app, config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            try:
+                yield
+            finally:
+                worker.stop()
+
+    async def cleanup(self) -> None:
+        if self.app is not None:
+            await self.app.broker.close()
