@@ -1,0 +1,250 @@
+"""Tracing after the OpenTelemetry messaging conventions: producer and consumer spans, one trace."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from asyncjobs import App, PermanentError, Worker, WorkerConfig
+from asyncjobs.broker import OutgoingJob
+from asyncjobs.dedupe import MemoryDedupeStore
+from asyncjobs.memory import MemoryBroker
+from asyncjobs.middleware.tracing import (
+    TracingMiddleware,
+    TracingProducerMiddleware,
+    observability_layers,
+    tracing_enabled,
+)
+from asyncjobs.retrying import Backoff
+from asyncjobs.task import CallOptions
+from tests.runtime.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+QUICK = Backoff(base=0.01, cap=0.05)
+
+
+def traced_app(provider: TracerProvider, **options: object) -> App:
+    return App(
+        MemoryBroker(f"memory://{uuid.uuid4().hex}"),
+        producer_middleware=[TracingProducerMiddleware(provider, system="memory")],
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def traced_worker(app: App, provider: TracerProvider, **config: object) -> AsyncIterator[Worker]:
+    config.setdefault("shutdown_signals", False)
+    worker = Worker(app, WorkerConfig(**config), middleware=[TracingMiddleware(provider)])  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+def by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind == kind]
+
+
+async def test_processing_continues_the_producers_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = traced_app(provider)
+
+    @app.task(name="greet")
+    async def greet(name: str) -> None:
+        pass
+
+    ref = await greet.enqueue("ada")
+    async with traced_worker(app, provider) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
+    [send] = by_kind(exporter, SpanKind.PRODUCER)
+    [process] = by_kind(exporter, SpanKind.CONSUMER)
+    assert send.name == "send greet"
+    assert process.name == "process greet"
+    assert process.context is not None
+    assert send.context is not None
+    assert process.parent is not None
+    assert process.context.trace_id == send.context.trace_id
+    assert process.parent.span_id == send.context.span_id
+    assert dict(send.attributes or {}) == {
+        "messaging.system": "memory",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": "default",
+        "messaging.message.id": ref.id,
+        "asyncjobs.task": "greet",
+        "asyncjobs.attempt": 1,
+        "asyncjobs.accepted": True,
+    }
+    attrs = dict(process.attributes or {})
+    assert attrs["messaging.system"] == "memory"
+    assert attrs["messaging.operation.type"] == "process"
+    assert attrs["messaging.destination.name"] == "default"
+    assert attrs["messaging.message.id"] == ref.id
+    assert attrs["asyncjobs.attempt"] == 1
+    assert attrs["asyncjobs.outcome"] == "done"
+    assert process.status.status_code == StatusCode.UNSET
+
+
+async def test_a_foreign_producer_that_only_sets_traceparent_continues_its_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = traced_app(provider)
+
+    @app.task(name="ingest")
+    async def ingest(n: int) -> None:
+        pass
+
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    body = json.dumps(
+        {
+            "v": 1,
+            "id": "from-go-1",
+            "task": "ingest",
+            "args": [1],
+            "headers": {"traceparent": f"00-{trace_id}-{span_id}-01"},
+        }
+    ).encode()
+    await app.broker.enqueue([OutgoingJob("from-go-1", "default", body)])
+    async with traced_worker(app, provider) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
+    [process] = by_kind(exporter, SpanKind.CONSUMER)
+    assert process.context is not None
+    assert process.parent is not None
+    assert f"{process.context.trace_id:032x}" == trace_id
+    assert f"{process.parent.span_id:016x}" == span_id
+    assert process.parent.is_remote
+
+
+async def test_each_attempt_has_its_span_with_the_error_recorded_and_a_retry_event(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = traced_app(provider)
+    calls: list[int] = []
+
+    @app.task(name="flaky", backoff=QUICK)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("upstream down")
+
+    await flaky.enqueue()
+    async with traced_worker(app, provider) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 2)
+    [send] = by_kind(exporter, SpanKind.PRODUCER)
+    first, second = sorted(by_kind(exporter, SpanKind.CONSUMER), key=lambda s: s.start_time or 0)
+    assert send.context is not None
+    assert {s.context.trace_id for s in (first, second) if s.context} == {send.context.trace_id}
+    assert first.status.status_code == StatusCode.ERROR
+    assert (first.attributes or {})["asyncjobs.outcome"] == "retry"
+    assert (first.attributes or {})["error.type"] == "ConnectionError"
+    names = [e.name for e in first.events]
+    assert names == ["exception", "asyncjobs.retry"]
+    assert (first.events[0].attributes or {})["exception.message"] == "upstream down"
+    assert (second.attributes or {})["asyncjobs.attempt"] == 2
+    assert (second.attributes or {})["asyncjobs.outcome"] == "done"
+
+
+async def test_timeout_and_dead_letter_are_span_events(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = traced_app(provider)
+
+    @app.task(name="stuck", timeout=0.1, max_attempts=1)
+    async def stuck() -> None:
+        await anyio.sleep(5)
+
+    @app.task(name="bad")
+    async def bad() -> None:
+        raise PermanentError("no such user")
+
+    await stuck.enqueue()
+    await bad.enqueue()
+    async with traced_worker(app, provider) as worker:
+        await eventually(lambda: worker.stats.dead == 2)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 2)
+    spans = {s.name: s for s in by_kind(exporter, SpanKind.CONSUMER)}
+    assert [e.name for e in spans["process stuck"].events] == [
+        "exception",
+        "asyncjobs.timeout",
+        "asyncjobs.dead_letter",
+    ]
+    assert (spans["process stuck"].attributes or {})["asyncjobs.outcome.reason"] == "max_attempts"
+    assert (spans["process bad"].attributes or {})["asyncjobs.outcome.reason"] == "permanent"
+    assert (spans["process bad"].attributes or {})["error.type"] == "PermanentError"
+
+
+async def test_a_dedupe_skip_is_a_span_event(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    app = traced_app(provider, dedupe=MemoryDedupeStore())
+
+    @app.task(name="pay")
+    async def pay() -> None:
+        pass
+
+    env = app.build(pay.spec, CallOptions(key="pay-1"), (), {})
+    for _ in range(2):  # the same message delivered twice
+        await app.broker.enqueue([OutgoingJob(uuid.uuid4().hex, "default", env.encode())])
+    async with traced_worker(app, provider, concurrency=1) as worker:
+        await eventually(lambda: worker.stats.done == 1 and worker.stats.skipped == 1)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 2)
+    outcomes = sorted((s.attributes or {})["asyncjobs.outcome"] for s in by_kind(exporter, SpanKind.CONSUMER))
+    assert outcomes == ["done", "skipped"]
+    [skipped] = [
+        s for s in by_kind(exporter, SpanKind.CONSUMER) if (s.attributes or {})["asyncjobs.outcome"] == "skipped"
+    ]
+    assert [e.name for e in skipped.events] == ["asyncjobs.dedupe.skipped"]
+
+
+async def test_a_lost_lease_is_a_span_event(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    app = traced_app(provider)
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    started = anyio.Event()
+
+    @app.task(name="victim", timeout=None)
+    async def victim() -> None:
+        started.set()
+        await anyio.sleep(30)
+
+    await victim.enqueue()
+    async with traced_worker(app, provider, lease_seconds=0.6) as worker:
+        with anyio.fail_after(5):
+            await started.wait()
+        for stored in broker._jobs.values():  # the lease expires under the worker's feet
+            stored.deadline = 0.0
+        thief = await broker.consumer(["default"], prefetch=1, lease_seconds=30)
+        assert len(await thief.fetch(1, 1.0)) == 1
+        await eventually(lambda: worker.stats.lease_lost == 1)
+        await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
+    [span] = by_kind(exporter, SpanKind.CONSUMER)
+    assert [e.name for e in span.events] == ["asyncjobs.lease_lost"]
+    assert (span.attributes or {})["asyncjobs.outcome"] == "cancelled"
+
+
+async def test_without_an_sdk_provider_nothing_is_traced_and_headers_stay_untouched() -> None:
+    assert not tracing_enabled(), "the test session never installs a global tracer provider"
+    layers = observability_layers("memory://", [], lambda job: None)
+    assert not any(isinstance(layer, TracingMiddleware) for layer in layers)
+    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"))
+
+    @app.task(name="quiet")
+    async def quiet() -> None:
+        pass
+
+    await quiet.enqueue()
+    consumer = await app.broker.consumer(["default"], prefetch=1, lease_seconds=5)
+    [delivery] = await consumer.fetch(1, 1.0)
+    assert "headers" not in json.loads(delivery.body)
