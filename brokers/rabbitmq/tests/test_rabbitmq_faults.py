@@ -1,0 +1,190 @@
+"""Fault tests on the real server with real worker processes: kill -9, a forced connection close,
+and a job that outlives the server's consumer timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from asyncjobs_rabbitmq import RabbitBroker
+
+from asyncjobs import App
+from tests.harness import require_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq, pytest.mark.fault]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent.parent
+sys.path.insert(0, str(HERE))
+from rabbit_worker import QUEUE, make_app  # noqa: E402
+
+BASE = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(autouse=True)
+def _server() -> None:
+    require_server("rabbitmq")
+
+
+def url(prefix: str, queue_type: str, name: str) -> str:
+    return f"{BASE}?queue_type={queue_type}&queue_prefix={prefix}.&connection_name={name}"
+
+
+@asynccontextmanager
+async def producer(prefix: str, queue_type: str) -> AsyncIterator[App]:
+    """An app to enqueue with; deletes every queue of the test at the end."""
+    app = make_app(url(prefix, queue_type, f"{prefix}-producer"))
+    broker = app.broker
+    assert isinstance(broker, RabbitBroker)
+    await broker.connect()
+    try:
+        yield app
+    finally:
+        await broker.delete_queues(QUEUE)
+        await broker.close()
+
+
+@contextmanager
+def worker(
+    prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0
+) -> Iterator[subprocess.Popen[str]]:
+    """A worker process, started and ready; killed at the end if still running."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, str(HERE / "rabbit_worker.py"), url(prefix, queue_type, f"{prefix}-worker"), str(log)]
+    proc = subprocess.Popen([*args, str(concurrency), str(lease)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", "worker did not start"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def lines(log: Path, kind: str) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [line.split() for line in log.read_text().splitlines() if line.startswith(kind + " ")]
+
+
+def done_ids(log: Path) -> set[str]:
+    return {parts[1] for parts in lines(log, "end") if parts[2] == "done"}
+
+
+async def wait_for(condition: object, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+async def enqueue(app: App, count: int, seconds: float) -> set[str]:
+    sent = [await app.enqueue("fault.sleepy", seconds) for _ in range(count)]
+    return {ref.id for ref in sent}
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_killed_worker_jobs_come_back_with_raised_count_and_none_is_lost(tmp_path: Path, queue_type: str) -> None:
+    prefix, log = f"f{uuid.uuid4().hex[:10]}", tmp_path / "runs.log"
+    async with producer(prefix, queue_type) as app:
+        ids = await enqueue(app, 20, 0.4)
+        with worker(prefix, queue_type, log) as first:
+            await wait_for(lambda: len(lines(log, "start")) >= 6, 20, "jobs to start")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        cut = {p[1] for p in lines(log, "start")} - done_ids(log)
+        assert cut, "the kill should interrupt running jobs"
+        with worker(prefix, queue_type, log):
+            await wait_for(lambda: done_ids(log) >= ids, 30, "every job to finish")
+        again = [p for p in lines(log, "start") if p[1] in cut and int(p[3]) >= 2]
+        assert {p[1] for p in again} >= cut, "interrupted jobs come back with delivery count >= 2"
+        assert all(int(p[2]) >= 2 for p in again), "the crash counts as an attempt"
+        assert done_ids(log) == ids
+        assert (await app.broker.stats(QUEUE)).ready == 0
+
+
+def _connection_pid(name: str) -> str | None:
+    out = subprocess.run(
+        ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for line in out.splitlines():
+        if f'<<"{name}">>' in line or f'"{name}"' in line:
+            match = re.match(r"\s*(<[^>]+>)", line)
+            if match:
+                return match.group(1)
+    return None
+
+
+async def test_forced_connection_close_reconnects_and_loses_nothing(tmp_path: Path) -> None:
+    prefix, log = f"f{uuid.uuid4().hex[:10]}", tmp_path / "runs.log"
+    async with producer(prefix, "quorum") as app:
+        ids = await enqueue(app, 30, 0.3)
+        with worker(prefix, "quorum", log, concurrency=5) as proc:
+            await wait_for(lambda: len(lines(log, "start")) >= 5, 20, "jobs to start")
+            pid = await anyio.to_thread.run_sync(_connection_pid, f"{prefix}-worker")
+            assert pid is not None, "worker connection not listed"
+            closed = await anyio.run_process(["rabbitmqctl", "close_connection", pid, "fault test"], check=False)
+            assert closed.returncode == 0, closed.stderr
+            await wait_for(lambda: done_ids(log) >= ids, 40, "every job to finish after the reconnect")
+            assert proc.poll() is None, "the worker survives the connection loss"
+        assert done_ids(log) == ids
+        assert (await app.broker.stats(QUEUE)).ready == 0
+
+
+def _ctl_eval(expr: str) -> str:
+    result = subprocess.run(["rabbitmqctl", "eval", expr], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@contextmanager
+def short_consumer_timeout(ms: int) -> Iterator[None]:
+    """Set the server's global ``consumer_timeout`` (and channel tick) low; restore both afterwards."""
+    saved = {
+        key: _ctl_eval(f"application:get_env(rabbit, {key}).") for key in ("consumer_timeout", "channel_tick_interval")
+    }
+    try:
+        _ctl_eval(f"application:set_env(rabbit, channel_tick_interval, {min(ms, 1000)}).")
+        _ctl_eval(f"application:set_env(rabbit, consumer_timeout, {ms}).")
+        yield
+    finally:
+        for key, value in saved.items():
+            match = re.fullmatch(r"\{ok,(\d+)\}", value)
+            if match:
+                _ctl_eval(f"application:set_env(rabbit, {key}, {match.group(1)}).")
+            else:
+                _ctl_eval(f"application:unset_env(rabbit, {key}).")
+
+
+async def test_job_longer_than_consumer_timeout_runs_once_on_a_healthy_worker(tmp_path: Path) -> None:
+    prefix, log = f"f{uuid.uuid4().hex[:10]}", tmp_path / "runs.log"
+    async with producer(prefix, "quorum") as app:
+        with short_consumer_timeout(2000), worker(prefix, "quorum", log, concurrency=2, lease=6.0):
+            long_id = (await app.enqueue("fault.sleepy", 9.0)).id
+            short_ids = {(await app.enqueue("fault.sleepy", 0.1)).id for _ in range(3)}
+            await wait_for(lambda: long_id in done_ids(log), 40, "the long job to finish")
+            await wait_for(lambda: done_ids(log) >= short_ids, 10, "the short jobs")
+        starts = [p for p in lines(log, "start") if p[1] == long_id]
+        assert len(starts) == 1, f"the long job ran {len(starts)} times"
+        assert next(p for p in lines(log, "end") if p[1] == long_id)[2] == "done"
+        await anyio.sleep(1.0)
+        assert (await app.broker.stats(QUEUE)).ready == 0
