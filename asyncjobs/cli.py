@@ -310,6 +310,72 @@ def stats(queue: str, broker_url: str | None, app_target: str | None) -> None:
     run(go)
 
 
+@main.group()
+def dedupe() -> None:
+    """Inspect idempotency records."""
+
+
+@dedupe.command("show")
+@click.argument("key")
+@click.option("--store", "store_url", envvar="ASYNCJOBS_DEDUPE_URL", help="Store URL (redis://..., postgresql://...).")
+@click.option("--prefix", default="asyncjobs", show_default=True, help="Redis key prefix / PostgreSQL table prefix.")
+@click.option("--app", "app_target", default=None, help="MODULE:APP whose dedupe store to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def dedupe_show(key: str, store_url: str | None, prefix: str, app_target: str | None, as_json: bool) -> None:
+    """Show the record of KEY: status, owner, lease, timestamps and its history."""
+    from asyncjobs.dedupe import store_from_url
+
+    if store_url:
+        try:
+            store = store_from_url(store_url, prefix=prefix)
+        except AsyncJobsError as exc:
+            raise click.ClickException(str(exc)) from None
+    elif app_target and (found := load_app(app_target).dedupe) is not None:
+        store = found
+    else:
+        raise click.UsageError("name the store: --store URL (or $ASYNCJOBS_DEDUPE_URL), or --app MODULE:APP with one")
+
+    async def go() -> None:
+        try:
+            record = await store.get(key)
+        finally:
+            await store.close()
+        if record is None:
+            raise click.ClickException(f"no record of key {key!r} (never seen, or expired)")
+        if as_json:
+            console.print_json(data=record.to_json())
+            return
+        table = Table(title=f"key {key!r}: {record.status}")
+        for column in ("status", "job", "attempt", "owner", "lease until", "updated", "expires"):
+            table.add_column(column)
+        lease = _when(record.lease_until) if record.lease_until else "-"
+        table.add_row(
+            record.status,
+            record.job_id or "-",
+            str(record.attempt),
+            record.owner or "-",
+            lease,
+            _when(record.updated_at),
+            _when(record.expires_at),
+        )
+        history = Table(title="history (oldest first, UTC)")
+        for column in ("at", "event", "job", "attempt", "owner", "detail"):
+            history.add_column(column)
+        for e in record.history:
+            detail = e.get("error") or (f"lease until {_when(e['lease_until'])}" if e.get("lease_until") else "")
+            history.add_row(
+                _when(e.get("at", 0)),
+                str(e.get("event")),
+                str(e.get("job_id") or "-"),
+                str(e.get("attempt", "")),
+                str(e.get("owner") or "-"),
+                str(detail),
+            )
+        console.print(table, history)
+
+    run(go)
+
+
 @main.command()
 @click.option("--jobs", default=40, show_default=True, help="How many jobs of each kind to run.")
 @click.option("--verbose", is_flag=True, help="Show the worker's log (retries, timeouts, dead letters).")
