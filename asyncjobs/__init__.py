@@ -8,6 +8,7 @@ from anyio.to_thread import run_sync
 from asyncjobs.app import App, JobRef
 from asyncjobs.broker import Broker, Consumer, DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats, from_url
 from asyncjobs.config import WorkerConfig
+from asyncjobs.dedupe import DedupeRecord, DedupeStore, MemoryDedupeStore, current_claim, key_for
 from asyncjobs.envelope import Envelope
 from asyncjobs.errors import (
     AsyncJobsError,
@@ -25,6 +26,7 @@ from asyncjobs.errors import (
 )
 from asyncjobs.job import Job, Outcome
 from asyncjobs.middleware.chain import CallNext, Middleware
+from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
 from asyncjobs.retrying import Backoff, RetryPolicy
 from asyncjobs.settle import WorkerStats
 from asyncjobs.task import Task, TaskOptions
@@ -43,6 +45,8 @@ __all__ = [
     "Consumer",
     "DeadLetter",
     "DeadLetterInfo",
+    "DedupeRecord",
+    "DedupeStore",
     "Delivery",
     "Envelope",
     "EnvelopeError",
@@ -50,6 +54,7 @@ __all__ = [
     "JobRef",
     "JobTimeout",
     "LeaseLost",
+    "MemoryDedupeStore",
     "Middleware",
     "Outcome",
     "OutgoingJob",
@@ -60,11 +65,15 @@ __all__ = [
     "RetryPolicy",
     "Task",
     "TaskOptions",
+    "TracingMiddleware",
+    "TracingProducerMiddleware",
     "UnknownTaskError",
     "Worker",
     "WorkerConfig",
     "WorkerStats",
+    "current_claim",
     "from_url",
+    "key_for",
     "run_sync",
     "run_worker",
 ]
