@@ -1,0 +1,222 @@
+"""RabbitMQ-specific guarantees beyond the contract: counts, adoption, delays, declarations, errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from asyncjobs_rabbitmq import RabbitBroker, RabbitConsumer, RabbitOptions, ServerInfo, wire
+from asyncjobs_rabbitmq.topology import BUCKETS_MS, bucket_for
+
+from asyncjobs.broker import DeadLetterInfo, OutgoingJob
+from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.errors import BrokerError, BrokerURLError, ConfigError
+from tests.harness import require_server
+from tests.harness.rabbitmq import URL, rabbitmq_harness
+
+pytestmark = pytest.mark.anyio
+Q = "jobs"
+
+
+def job(queue: str = Q, not_before: float | None = None) -> OutgoingJob:
+    job_id = uuid.uuid4().hex
+    return OutgoingJob(job_id, queue, f'{{"v":1,"id":"{job_id}","task":"t"}}'.encode(), not_before)
+
+
+@pytest.fixture(params=["quorum", "classic"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[RabbitBroker]:
+    require_server("rabbitmq")
+    async with rabbitmq_harness(f"b{uuid.uuid4().hex[:10]}", request.param) as connected:
+        assert isinstance(connected, RabbitBroker)
+        yield connected
+
+
+async def fetch_one(consumer: RabbitConsumer, within: float = 5.0) -> list:  # type: ignore[type-arg]
+    deadline = monotonic() + within
+    while monotonic() < deadline:
+        got = await consumer.fetch(1, 0.2)
+        if got:
+            return got
+    return []
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def test_bucket_is_the_largest_not_longer_than_the_delay_so_a_job_is_never_early() -> None:
+    assert bucket_for(0.0) is None
+    assert bucket_for(0.004) is None
+    assert bucket_for(0.1) == 250
+    assert bucket_for(1.2) == 1000
+    assert bucket_for(3.99) == 1000
+    assert bucket_for(4.0) == 4000
+    assert bucket_for(10**6) == BUCKETS_MS[-1]
+    for remaining in (0.3, 0.9, 2.5, 17.0, 700.0):
+        ms = bucket_for(remaining)
+        assert ms is not None and ms <= remaining * 1000
+
+
+def test_url_options_are_parsed_and_bad_values_refused() -> None:
+    options = RabbitOptions.from_url("amqp://u:p@h:5672/vh?queue_type=classic&queue_prefix=app.&heartbeat=30")
+    assert (options.queue_type, options.queue_prefix) == ("classic", "app.")
+    assert options.amqp_url == "amqp://u:p@h:5672/vh?heartbeat=30"
+    assert RabbitOptions.from_url("amqp://h/").queue_type == "quorum"
+    with pytest.raises(BrokerURLError, match="queue_type"):
+        RabbitOptions.from_url("amqp://h/?queue_type=stream")
+    with pytest.raises(BrokerURLError, match="consumer_timeout"):
+        RabbitOptions.from_url("amqp://h/?consumer_timeout=soon")
+
+
+def test_server_features_follow_the_reported_version() -> None:
+    old = ServerInfo.from_properties({"version": b"3.10.8", "product": b"RabbitMQ"})
+    assert old.version == (3, 10, 8)
+    assert not old.per_queue_consumer_timeout
+    assert old.quorum_default_delivery_limit is None
+    assert ServerInfo.from_properties({"version": "3.12.1"}).per_queue_consumer_timeout
+    assert ServerInfo.from_properties({"version": "4.0.2"}).quorum_default_delivery_limit == 20
+    assert ServerInfo.from_properties(None).version == (0, 0, 0)
+
+
+# -- on the server ------------------------------------------------------------------------------
+
+
+async def test_server_version_is_read_at_connect(broker: RabbitBroker) -> None:
+    assert broker.server.version >= (3, 8, 0)
+
+
+async def test_conflicting_queue_declaration_names_the_queue_and_argument() -> None:
+    require_server("rabbitmq")
+    prefix = f"c{uuid.uuid4().hex[:10]}."
+    async with rabbitmq_harness(prefix.rstrip("."), "classic") as classic:
+        await classic.enqueue([job()])
+        other = RabbitBroker(f"{URL}?queue_type=quorum&queue_prefix={prefix}")
+        await other.connect()
+        try:
+            with pytest.raises(ConfigError, match=rf"'{prefix}{Q}'.*inequivalent arg 'x-"):
+                await other.enqueue([job()])
+        finally:
+            await other.close()
+
+
+async def test_unroutable_publish_raises_instead_of_dropping(broker: RabbitBroker) -> None:
+    with pytest.raises(BrokerError, match="returned unroutable"):
+        await broker.publish([(f"no-such-queue-{uuid.uuid4().hex}", b"x", wire.properties("x"))])
+
+
+async def test_large_batch_is_confirmed_before_enqueue_returns(broker: RabbitBroker) -> None:
+    assert await broker.enqueue([job() for _ in range(2000)]) == [True] * 2000
+    assert (await broker.stats(Q)).ready == 2000
+
+
+async def test_each_crash_raises_the_delivery_count(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    counts = []
+    for _ in range(3):  # a consumer that dies holding the job: its connection goes away, no ack
+        crashing = RabbitBroker(broker.url)
+        await crashing.connect()
+        consumer = await crashing.consumer([Q], prefetch=5, lease_seconds=30)
+        [delivery] = await fetch_one(consumer)
+        counts.append(delivery.delivery_count)
+        await crashing.close()
+    assert counts == [1, 2, 3]
+
+
+async def test_released_job_comes_back_without_counting_a_delivery(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        await consumer.release([delivery])
+        [again] = await fetch_one(consumer)
+        assert (again.job_id, again.delivery_count) == (delivery.job_id, 1)
+    finally:
+        await consumer.close()
+
+
+async def test_lease_is_lost_when_its_channel_closes(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        channel = delivery.handle.channel
+        await channel.close()
+        assert await consumer.extend([delivery]) == [False]
+        assert await consumer.ack([delivery]) == [False], "a delivery of a dead channel is never acked"
+        [again] = await fetch_one(consumer)
+        assert again.job_id == delivery.job_id
+        assert again.delivery_count == 2
+        assert await consumer.ack([again]) == [True]
+    finally:
+        await consumer.close()
+
+
+async def test_redelivery_of_a_job_still_held_here_is_adopted_not_handed_out_again(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        old_token = delivery.token
+        await delivery.handle.channel.close()
+        await anyio.sleep(1.0)  # the channel reopens and the job comes back to this consumer
+        assert await consumer.fetch(1, 0.3) == [], "the running job is not handed out twice"
+        assert delivery.token != old_token
+        assert await consumer.extend([delivery]) == [True]
+        assert await consumer.ack([delivery]) == [True]
+        assert (await broker.stats(Q)).ready == 0
+    finally:
+        await consumer.close()
+    assert (await broker.stats(Q)).ready == 0, "the adopted delivery was acked, not given back"
+
+
+async def test_delayed_job_crosses_buckets_and_is_never_early(broker: RabbitBroker) -> None:
+    due = wall_time() + 1.6  # 1 s bucket, then 0.25 s buckets
+    await broker.enqueue([job(not_before=due)])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer, within=6.0)
+        arrived = wall_time()
+        assert due <= arrived < due + 1.0
+        assert delivery.delivery_count == 1
+    finally:
+        await consumer.close()
+
+
+async def test_dead_letters_are_browsed_without_being_removed(broker: RabbitBroker) -> None:
+    await broker.enqueue([job() for _ in range(3)])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        ids = []
+        for n in range(3):
+            [delivery] = await fetch_one(consumer)
+            info = DeadLetterInfo("permanent", "ValueError", f"bad {n}", attempts=n + 1, history=({"attempt": 1},))
+            assert await consumer.dead_letter(delivery, info)
+            ids.append(delivery.job_id)
+        first = await broker.list_dead(Q)
+        assert [d.id for d in first] == list(reversed(ids))
+        assert await broker.list_dead(Q) == first
+        assert await broker.list_dead(Q, limit=1) == first[:1]
+        assert first[2].info == DeadLetterInfo(
+            "permanent", "ValueError", "bad 0", attempts=1, history=({"attempt": 1},)
+        )
+        assert await broker.purge_dead(Q, [ids[1]]) == 1
+        assert [d.id for d in await broker.list_dead(Q)] == [ids[2], ids[0]]
+        assert await broker.get_dead(Q, ids[1]) is None
+        assert await broker.replay_dead(Q, ids[1], b"{}") is False
+    finally:
+        await consumer.close()
+
+
+async def test_retry_publishes_the_next_body_before_acking(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        assert await consumer.retry(delivery, b'{"v":1,"id":"n","task":"t","attempt":2}', wall_time() + 0.3)
+        stats = await broker.stats(Q)
+        assert (stats.ready, stats.scheduled) == (0, 1)
+        [again] = await fetch_one(consumer)
+        assert again.body.endswith(b'"attempt":2}')
+    finally:
+        await consumer.close()
