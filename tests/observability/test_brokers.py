@@ -1,0 +1,90 @@
+"""Dedupe and tracing end to end on every broker (in-memory, Redis, RabbitMQ)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from asyncjobs import App, Broker, Worker, WorkerConfig
+from asyncjobs.broker import OutgoingJob
+from asyncjobs.dedupe import MemoryDedupeStore
+from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
+from asyncjobs.task import CallOptions
+from tests.runtime.helpers import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def working(app: App, *middleware: TracingMiddleware) -> AsyncIterator[Worker]:
+    queue = app.default_queue
+    worker = Worker(app, WorkerConfig(queues=(queue,), shutdown_signals=False, lease_seconds=5), middleware=middleware)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+async def test_a_job_continues_its_producers_trace_on_every_broker(
+    broker: Broker, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    app = App(broker, producer_middleware=[TracingProducerMiddleware(provider)], default_queue=queue)
+
+    @app.task(name="traced")
+    async def traced() -> None:
+        pass
+
+    await traced.enqueue()
+    async with working(app, TracingMiddleware(provider)) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+        await eventually(lambda: any(s.kind == SpanKind.CONSUMER for s in exporter.get_finished_spans()))
+    [send] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    [process] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert send.context is not None
+    assert process.parent is not None
+    assert process.parent.span_id == send.context.span_id
+    system = {"memory": "memory", "redis": "redis", "amqp": "rabbitmq"}[broker.url.partition("://")[0]]
+    assert (process.attributes or {})["messaging.system"] == system
+    assert (process.attributes or {})["messaging.destination.name"] == queue
+
+
+async def test_a_duplicate_delivery_of_a_done_job_is_skipped_on_every_broker(broker: Broker) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    app = App(broker, dedupe=MemoryDedupeStore(), default_queue=queue)
+    runs: list[int] = []
+
+    @app.task(name="once")
+    async def once() -> None:
+        runs.append(1)
+
+    env = app.build(once.spec, CallOptions(key="k-1"), (), {})
+    async with working(app) as worker:
+        await broker.enqueue([OutgoingJob(env.id, queue, env.encode())])
+        await eventually(lambda: worker.stats.done == 1)
+        await broker.enqueue([OutgoingJob(uuid.uuid4().hex, queue, env.encode())])  # the same message again
+        await eventually(lambda: worker.stats.skipped == 1)
+    assert runs == [1]
+
+
+async def test_a_key_is_enqueued_once_on_every_broker(broker: Broker) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    app = App(broker, dedupe=MemoryDedupeStore(), default_queue=queue)
+
+    @app.task(name="welcome")
+    async def welcome() -> None:
+        pass
+
+    refs = [await welcome.options(key="welcome-1").enqueue() for _ in range(3)]
+    assert [r.accepted for r in refs] == [True, False, False]
+    stats = await broker.stats(queue)
+    assert stats.ready + stats.scheduled == 1
