@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from asyncjobs_redis import RedisBroker  # ImportError when the package is missing: no harness
 from redis.asyncio import Redis
 
 from asyncjobs.broker import Broker
-from asyncjobs_redis import RedisBroker  # ImportError when the package is missing: no harness
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -47,9 +47,15 @@ def _split_url(url: str) -> tuple[str, str, float]:
     return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout
 
 
-def handle_job_id(handle: str) -> str | None:
-    """The job id a stored job's handle carries (``None`` for a message whose id is unknown)."""
-    return handle.rpartition("|")[0] or None
+def _client_options() -> dict[str, Any]:
+    """Options for the redis-py versions that have them."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py < 7
+        return {}
+    # With maintenance notifications on ("auto", the default), the pool skips its check for a
+    # connection the server closed, so the first command after a server restart would fail.
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 class RedisBroker:
@@ -97,6 +103,7 @@ class RedisBroker:
             socket_connect_timeout=min(self.socket_timeout, 5.0),
             # A script whose reply was lost may have run: never re-send it behind the caller's back.
             retry=Retry(NoBackoff(), 0),
+            **_client_options(),
         )
         try:
             with broker_errors("connect"):

@@ -16,6 +16,7 @@ from asyncjobs.broker import DeadLetterInfo, Delivery
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import BrokerError
 from asyncjobs_redis.errors import broker_errors
+from asyncjobs_redis.keys import job_id_of
 
 if TYPE_CHECKING:
     from asyncjobs_redis.broker import RedisBroker
@@ -80,8 +81,7 @@ class RedisConsumer:
         for i in range(2, 2 + 5 * int(reply[1]), 5):
             qi, raw_handle, raw_token, count, body = reply[i : i + 5]
             handle, token = raw_handle.decode(), raw_token.decode()
-            job_id = handle.rpartition("|")[0] or None
-            delivery = Delivery(self._queues[qi - 1], job_id, body, token, count, handle)
+            delivery = Delivery(self._queues[qi - 1], job_id_of(handle), body, token, count, handle)
             self._held[token] = delivery
             out.append(delivery)
         return out, int(reply[0])

@@ -43,3 +43,8 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         tuple(f"{tag}:{suffix}" for suffix in JOB_SUFFIXES),
         tuple(f"{tag}:{suffix}" for suffix in DEAD_SUFFIXES),
     )
+
+
+def job_id_of(handle: str) -> str | None:
+    """The job id a stored job's handle (``JOB_ID|UNIQUE``) carries; ``None`` when it had none."""
+    return handle.rpartition("|")[0] or None
