@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MAX_BROWSE = 100_000
 """Dead letters read at most by one list/get/replay/purge-by-id (browsing a queue is O(n))."""
 
+PUBLISH_TIMEOUT = 30.0
+"""Seconds an enqueue waits for its confirms (including a reconnection) before raising."""
+
 Outgoing = tuple[str, bytes, Basic.Properties]
 """One message to publish: routing key (queue name), body, properties."""
 
@@ -118,16 +121,23 @@ class RabbitBroker:
         """
         if not messages:
             return
+        if self._publisher is None:
+            await self.connect()
         assert self._publisher is not None
         try:
-            channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
-            results = await asyncio.gather(
-                *(
-                    channel.basic_publish(body, routing_key=key, properties=props, mandatory=True, wait=False)
-                    for key, body, props in messages
-                ),
-                return_exceptions=True,
-            )
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
+                results = await asyncio.gather(
+                    *(
+                        channel.basic_publish(body, routing_key=key, properties=props, mandatory=True, wait=False)
+                        for key, body, props in messages
+                    ),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"RabbitMQ did not confirm {len(messages)} messages within {PUBLISH_TIMEOUT:.0f}s (connection down?)"
+            ) from None
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
             raise BrokerConnectionError(f"RabbitMQ publish failed: {exc}") from exc
         failed = [r for r in results if isinstance(r, BaseException)]

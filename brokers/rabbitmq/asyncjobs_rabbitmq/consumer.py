@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CLOSED = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -88,6 +89,7 @@ class RabbitConsumer:
         self._uid = uuid.uuid4().hex[:8]
         self._serial = itertools.count(1)
         self._closed = False
+        self._acked_early: list[Delivery] = []  # acked while waiting for adoption
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class RabbitConsumer:
         """
         deadline = monotonic() + wait_seconds
         out: list[Delivery] = []
+        if self._acked_early:  # forget those whose redelivery did not come back in time
+            self._acked_early = [d for d in self._acked_early if self._holds(d)]
         while not self._closed:
             while self._inbox and len(out) < max_count:
                 queue, message = self._inbox.popleft()
@@ -290,6 +294,7 @@ class RabbitConsumer:
                 continue
             if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
                 lease.ack_on_adopt = True
+                self._acked_early.append(delivery)
                 results.append(True)
                 continue
             lease.settled = True
@@ -300,12 +305,18 @@ class RabbitConsumer:
     async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:
         """Store ``outgoing`` (confirmed), then ack ``delivery``: a crash in between duplicates, never loses."""
         lease: _Lease = delivery.handle
+        if not self._holds(delivery):
+            return False
         try:
             await self._broker.publish([outgoing])
         except BrokerError:
             await self._nack(lease)
             self._forget(delivery)
             raise
+        if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
+            lease.ack_on_adopt = True
+            self._acked_early.append(delivery)
+            return True
         lease.settled = True
         self._forget(delivery)
         await self._ack(lease)  # a failed ack redelivers the old body too: a duplicate, never a loss
@@ -313,7 +324,7 @@ class RabbitConsumer:
 
     async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
         """Publish the next attempt (into a delay bucket when due later), confirmed, then ack this one."""
-        if not self._holds(delivery) or delivery.handle.channel.is_closed:
+        if not self._holds(delivery):
             return False
         key = await self._broker.route(delivery.queue, not_before)
         message: Outgoing = (key, body, wire.properties(delivery.job_id, wire.due_headers(not_before)))
@@ -321,7 +332,7 @@ class RabbitConsumer:
 
     async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
         """Publish the body with ``info`` to ``<queue>.dead`` (confirmed), then ack the original."""
-        if not self._holds(delivery) or delivery.handle.channel.is_closed:
+        if not self._holds(delivery):
             return False
         lease: _Lease = delivery.handle
         dead_id = delivery.job_id or self._broker.new_message_id()
@@ -370,26 +381,27 @@ class RabbitConsumer:
         channel, self._channel = self._channel, None
         if channel is None:
             return
-        try:
-            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            for tag in list(underlay.consumers):
-                await underlay.basic_cancel(tag)
-        except _CLOSED:
-            pass
-        held = [d for ds in self._held.values() for d in ds]
-        self._held.clear()
-        buffered = [
-            _Lease(message, self._names[queue], _earlier_deliveries(message))
-            for queue, message in self._inbox
-            if not message.channel.is_closed
-        ]
-        self._inbox.clear()
-        leases = [d.handle for d in held if not d.handle.settled and not d.handle.channel.is_closed] + buffered
-        try:
-            await self._give_back(leases)
-        except _CLOSED:
-            pass
-        finally:
+        with anyio.move_on_after(CLOSE_TIMEOUT):  # a server that is down cannot hold up a shutdown
+            try:
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                for tag in list(underlay.consumers):
+                    await underlay.basic_cancel(tag)
+            except _CLOSED:
+                pass
+            held = [d for ds in self._held.values() for d in ds]
+            self._held.clear()
+            buffered = [
+                _Lease(message, self._names[queue], _earlier_deliveries(message))
+                for queue, message in self._inbox
+                if not message.channel.is_closed
+            ]
+            self._inbox.clear()
+            leases = [d.handle for d in held if not d.handle.settled and not d.handle.channel.is_closed] + buffered
+            try:
+                await self._give_back(leases)
+            except (*_CLOSED, BrokerError):
+                pass  # closing the channel below gives them back (counted as a delivery)
+        with anyio.move_on_after(CLOSE_TIMEOUT):
             await channel.close()
 
 
