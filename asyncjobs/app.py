@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, overload
+
+import anyio
 
 from asyncjobs.broker import Broker, OutgoingJob, from_url
 from asyncjobs.clock import wall_time
@@ -23,6 +26,7 @@ BROKER_URL_ENV = "ASYNCJOBS_BROKER_URL"
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[list[bool]]]
 F = TypeVar("F")
+log = logging.getLogger(__name__)
 
 
 class ProducerMiddleware(Protocol):
@@ -38,6 +42,10 @@ class EnqueueGuard(Protocol):
 
     async def claim_enqueue(self, key: str, ttl: float) -> bool:
         """Claim ``key`` for ``ttl`` seconds; ``False`` when it is taken."""
+        ...
+
+    async def release_enqueue(self, key: str) -> None:
+        """Undo :meth:`claim_enqueue` of a job the broker did not accept, so a later enqueue may claim it."""
         ...
 
 
@@ -237,20 +245,38 @@ class App:
     async def _send(self, envelopes: Sequence[Envelope]) -> list[bool]:
         jobs: list[OutgoingJob] = []
         blocked: set[int] = set()
-        for index, env in enumerate(envelopes):
-            body = env.encode()
-            if len(body) > self.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"job {env.task!r} encodes to {len(body)} bytes, over max_payload_bytes={self.max_payload_bytes}"
-                )
-            ttl = self.tasks[env.task].options.unique_ttl if env.task in self.tasks else 3600.0
-            guard = self.enqueue_guard if env.key and not self.broker.supports_unique else None
-            if guard is not None and env.key and not await guard.claim_enqueue(env.key, ttl):
-                blocked.add(index)
-                continue
-            jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0))
-        stored = iter(await self.broker.enqueue(jobs) if jobs else [])
+        claimed: list[str] = []  # enqueue-guard keys to give back if the broker does not take the jobs
+        try:
+            for index, env in enumerate(envelopes):
+                body = env.encode()
+                if len(body) > self.max_payload_bytes:
+                    raise PayloadTooLargeError(
+                        f"job {env.task!r} encodes to {len(body)} bytes, over max_payload_bytes={self.max_payload_bytes}"
+                    )
+                ttl = self.tasks[env.task].options.unique_ttl if env.task in self.tasks else 3600.0
+                guard = self.enqueue_guard if env.key and not self.broker.supports_unique else None
+                if guard is not None and env.key:
+                    if not await guard.claim_enqueue(env.key, ttl):
+                        blocked.add(index)
+                        continue
+                    claimed.append(env.key)
+                jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0))
+            stored = iter(await self.broker.enqueue(jobs) if jobs else [])
+        except BaseException:
+            if claimed:
+                await self._unclaim(claimed)
+            raise
         return [False if i in blocked else next(stored) for i in range(len(envelopes))]
+
+    async def _unclaim(self, keys: Sequence[str]) -> None:
+        """Give back enqueue-guard keys of jobs that were not enqueued (else a retry would be refused)."""
+        assert self.enqueue_guard is not None
+        with anyio.CancelScope(shield=True):
+            for key in keys:
+                try:
+                    await self.enqueue_guard.release_enqueue(key)
+                except Exception as exc:
+                    log.error("could not release idempotency key %r of a job that was not enqueued: %s", key, exc)
 
 
 def _bind_producer(layer: ProducerMiddleware, call_next: Publish) -> Publish:

@@ -107,6 +107,13 @@ class MemoryDedupeStore:
             )
             return True
 
+    async def release_enqueue(self, key: str) -> None:
+        """See :meth:`DedupeStore.release_enqueue`."""
+        with self._lock:
+            record = self._live(key, wall_time())
+            if record is not None and record.status == "pending":
+                del self._records[key]
+
     async def get(self, key: str) -> DedupeRecord | None:
         """See :meth:`DedupeStore.get`."""
         with self._lock:

@@ -102,7 +102,9 @@ class PostgresDedupeStore:
             return now, None  # missing, a placeholder, or expired: as good as absent
         return now, doc
 
-    async def _write(self, conn: AsyncConnection[TupleRow], key: str, old: dict[str, Any] | None, **fields: Any) -> None:
+    async def _write(
+        self, conn: AsyncConnection[TupleRow], key: str, old: dict[str, Any] | None, **fields: Any
+    ) -> None:
         entry = fields.pop("entry")
         history = [*(old["history"] if old else []), entry][-HISTORY_LIMIT:]
         created = old["created_at"] if old else fields["updated_at"]
@@ -223,6 +225,12 @@ class PostgresDedupeStore:
             )
             return True
 
+    async def release_enqueue(self, key: str) -> None:
+        """See :meth:`DedupeStore.release_enqueue`."""
+        pool = await self._connection_pool()
+        async with pool.connection() as conn:
+            await conn.execute(self._sql("DELETE FROM {table} WHERE key = %s AND status = 'pending'"), (key,))
+
     async def get(self, key: str) -> DedupeRecord | None:
         """See :meth:`DedupeStore.get`."""
         pool = await self._connection_pool()
@@ -260,7 +268,9 @@ class PostgresDedupeStore:
             await pool.close()
 
     @asynccontextmanager
-    async def transaction(self, key: str | None = None, *, ttl: float = 3600.0) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    async def transaction(
+        self, key: str | None = None, *, ttl: float = 3600.0
+    ) -> AsyncIterator[AsyncConnection[TupleRow]]:
         """A transaction whose commit also marks the job's key ``done``.
 
         Inside a job (the dedupe middleware claimed its key), ``key`` defaults to that job's key

@@ -17,7 +17,7 @@ from asyncjobs.errors import ConfigError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-_SCRIPTS = ("claim", "finish", "extend", "enqueue")
+_SCRIPTS = ("claim", "finish", "extend", "enqueue", "unenqueue")
 
 
 def _text(value: Any) -> str:
@@ -83,6 +83,10 @@ class RedisDedupeStore:
     async def claim_enqueue(self, key: str, ttl: float) -> bool:
         """See :meth:`DedupeStore.claim_enqueue`."""
         return bool(await self._run("enqueue", key, ttl, HISTORY_LIMIT))
+
+    async def release_enqueue(self, key: str) -> None:
+        """See :meth:`DedupeStore.release_enqueue`."""
+        await self._run("unenqueue", key)
 
     async def get(self, key: str) -> DedupeRecord | None:
         """See :meth:`DedupeStore.get`."""

@@ -122,6 +122,10 @@ class DedupeStore(Protocol):
         """
         ...
 
+    async def release_enqueue(self, key: str) -> None:
+        """Undo :meth:`claim_enqueue` when the broker did not accept the job: forget a ``pending`` record."""
+        ...
+
     async def get(self, key: str) -> DedupeRecord | None:
         """The record of ``key`` with its history, or ``None`` when there is none (or it expired)."""
         ...

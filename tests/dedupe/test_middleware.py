@@ -248,3 +248,26 @@ async def test_deterministic_keys_make_the_same_call_a_duplicate() -> None:
     assert (a.accepted, b.accepted, c.accepted) == (True, False, True)
     assert key_for("report", ["2026-01-01"], {"region": "us"}) == key_for("report", ("2026-01-01",), {"region": "us"})
     assert key_for("report", ["x"]) != key_for("other", ["x"])
+
+
+class _RefusingBroker(_NoUniqueBroker):
+    async def enqueue(self, jobs: object) -> list[bool]:  # type: ignore[override]
+        from asyncjobs import BrokerError
+
+        raise BrokerError("publish not confirmed")
+
+
+async def test_a_job_the_broker_refused_gives_its_key_back_so_the_enqueue_can_be_retried() -> None:
+    from asyncjobs import BrokerError
+
+    store = MemoryDedupeStore()
+    app = App(_RefusingBroker(f"memory://{uuid.uuid4().hex}"), dedupe=store)
+
+    @app.task(name="send")
+    async def send() -> None:
+        pass
+
+    with pytest.raises(BrokerError):
+        await send.options(key="send-1").enqueue()
+    assert await store.get("send-1") is None
+    assert await store.claim_enqueue("send-1", 60), "a retried enqueue may claim the key"

@@ -130,3 +130,15 @@ async def test_record_keeps_job_id_timestamps_and_owner(store: DedupeStore) -> N
     assert record.lease_until == pytest.approx(claim.lease_until, abs=0.01)
     assert record.expires_at >= record.updated_at + TTL - 1
     assert record.to_json()["history"][0]["event"] == "claimed"
+
+
+async def test_release_enqueue_forgets_only_a_pending_record(store: DedupeStore) -> None:
+    assert await store.claim_enqueue("k", TTL)
+    await store.release_enqueue("k")
+    assert await store.get("k") is None
+    assert await store.claim_enqueue("k", TTL)
+    await store.claim("k", "a", lease_seconds=LEASE, ttl=TTL)
+    await store.release_enqueue("k")
+    record = await store.get("k")
+    assert record is not None
+    assert record.status == "running"
