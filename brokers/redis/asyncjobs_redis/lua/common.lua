@@ -31,3 +31,45 @@ local function signal(wake)
     redis.call('RPUSH', wake, '1')
   end
 end
+
+-- HMGET over a list of any length.
+local function hmget(key, fields)
+  local values = {}
+  for i = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for j = 1, #part do values[#values + 1] = part[j] end
+  end
+  return values
+end
+
+-- Group (queue index, handle, token) triples of ARGV from position `first`: per queue, the
+-- handles, tokens and the result position of each, and the result list (all 0 to start).
+local function by_queue(nq, first)
+  local groups, result = {}, {}
+  for qi = 1, nq do
+    groups[qi] = {handles = {}, tokens = {}, at = {}}
+  end
+  for i = first, #ARGV, 3 do
+    local g = groups[tonumber(ARGV[i])]
+    g.handles[#g.handles + 1] = ARGV[i + 1]
+    g.tokens[#g.tokens + 1] = ARGV[i + 2]
+    result[#result + 1] = 0
+    g.at[#g.at + 1] = #result
+  end
+  return groups, result
+end
+
+-- The handles of a group whose lease the given token still holds (each once), marking them 1.
+local function held(tok, g, result)
+  local current = hmget(tok, g.handles)
+  local out, seen = {}, {}
+  for j = 1, #g.handles do
+    local handle = g.handles[j]
+    if current[j] == g.tokens[j] and not seen[handle] then
+      seen[handle] = true
+      out[#out + 1] = handle
+      result[g.at[j]] = 1
+    end
+  end
+  return out
+end
