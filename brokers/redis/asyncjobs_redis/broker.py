@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import secrets
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, OutgoingJob, QueueStats
 from asyncjobs.clock import wall_time
@@ -22,6 +24,8 @@ from asyncjobs_redis.consumer import RedisConsumer
 from asyncjobs_redis.errors import broker_errors
 from asyncjobs_redis.keys import QueueKeys, queue_keys
 from asyncjobs_redis.scripts import Scripts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "asyncjobs"
 DEFAULT_SOCKET_TIMEOUT = 10.0
@@ -45,6 +49,20 @@ def _split_url(url: str) -> tuple[str, str, float]:
         raise BrokerURLError(f"socket_timeout={timeout_text!r} in {url!r} is not a number of seconds") from None
     rest = [(k, v) for k, v in params if k != "prefix"]
     return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout
+
+
+async def _warn_if_evicting(client: Redis) -> None:
+    """Log when the server may evict keys under memory pressure: evicted jobs are lost."""
+    try:
+        found: Any = next(iter((await client.config_get("maxmemory-policy")).values()), "")
+    except (RedisError, OSError):  # CONFIG may be disabled (managed services): nothing to tell
+        return
+    policy = found.decode() if isinstance(found, bytes) else str(found)
+    if policy.startswith("allkeys"):
+        log.warning(
+            "redis: maxmemory-policy is %s: under memory pressure the server deletes jobs; use noeviction",
+            policy,
+        )
 
 
 def _client_options() -> dict[str, Any]:
@@ -117,6 +135,10 @@ class RedisBroker:
             raise BrokerError(
                 f"redis: server {info.get('redis_version')} is too old; asyncjobs-redis needs 6.2 or later"
             )
+        await _warn_if_evicting(client)
+        if self._client is not None:  # another task connected meanwhile: keep theirs
+            await client.aclose()
+            return
         self._client, self._scripts = client, Scripts(client)
 
     async def close(self) -> None:

@@ -225,12 +225,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def own_redis(port: int, workdir: Path) -> Iterator[Callable[[], None]]:
+def own_redis(port: int, workdir: Path, *options: str) -> Iterator[Callable[[], None]]:
     """A Redis server without persistence on ``port``; yields a function that kills and restarts it."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options]
 
     def start() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
@@ -270,3 +270,12 @@ async def test_worker_survives_a_redis_restart_and_resumes(prefix: str, tmp_path
                 after = {(await producer.enqueue("fault.nap", 0.01)).id for _ in range(3)}
                 await records_when(prefix, lambda rs: finished(rs) >= after, within=12)
                 assert worker.poll() is None, "the worker process survived the restart"
+
+
+async def test_a_server_that_may_evict_jobs_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    with own_redis(port, tmp_path, "--maxmemory-policy", "allkeys-lru"):
+        broker = RedisBroker(f"redis://127.0.0.1:{port}/0")
+        await broker.connect()
+        await broker.close()
+    assert "maxmemory-policy is allkeys-lru" in caplog.text
