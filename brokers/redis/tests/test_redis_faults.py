@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from asyncjobs import App
 from asyncjobs.broker import OutgoingJob
+from asyncjobs.errors import BrokerConnectionError
 from tests.harness import require_server
 from tests.harness.redis import REDIS_URL, delete_prefix
 from tests.runtime.helpers import eventually, running
@@ -279,3 +280,31 @@ async def test_a_server_that_may_evict_jobs_is_reported(tmp_path: Path, caplog: 
         await broker.connect()
         await broker.close()
     assert "maxmemory-policy is allkeys-lru" in caplog.text
+
+
+async def test_operations_on_a_downed_server_raise_connection_errors_then_recover(tmp_path: Path) -> None:
+    port = free_port()
+    with own_redis(port, tmp_path) as restart:
+        broker = RedisBroker(f"redis://127.0.0.1:{port}/0?socket_timeout=2")
+        await broker.connect()
+        consumer = await broker.consumer(["q"], prefetch=10, lease_seconds=30)
+        await broker.enqueue([OutgoingJob("a", "q", b"{}")])
+        [held] = await consumer.fetch(1, 1.0)
+        down = anyio.Event()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, restart)
+            with anyio.fail_after(10):
+                while not down.is_set():
+                    try:
+                        await broker.stats("q")
+                    except BrokerConnectionError:
+                        down.set()
+                    await anyio.sleep(0.01)
+        assert down.is_set()
+        assert await consumer.extend([held]) == [False], "the restarted server (no persistence) lost the lease"
+        assert await broker.enqueue([OutgoingJob("b", "q", b"{}")]) == [True]
+        [again] = await consumer.fetch(1, 1.0)
+        assert again.job_id == "b"
+        await consumer.close()
+        await broker.close()

@@ -48,7 +48,7 @@ for qi = 1, nq do
   if got < want then
     local taken = redis.call('LPOP', ready, want - got)
     if taken then
-      local bodies = redis.call('HMGET', jobs, unpack(taken))
+      local bodies = hmget(jobs, taken)
       local deadline = now + lease_ms
       local tokens, deadlines = {}, {}
       for i = 1, #taken do
@@ -70,11 +70,9 @@ for qi = 1, nq do
         end
         -- a handle without a body cannot be delivered: it was removed by an operator; drop it
       end
-      redis.call('HDEL', ts, unpack(taken))
-      if #tokens > 0 then
-        redis.call('HSET', tok, unpack(tokens))
-        redis.call('ZADD', lease, unpack(deadlines))
-      end
+      chunked('HDEL', ts, taken)
+      chunked('HSET', tok, tokens)
+      chunked('ZADD', lease, deadlines)
     end
   end
   if redis.call('LLEN', ready) > 0 then

@@ -4,8 +4,8 @@ local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #ids == 0 then
   return {}
 end
-local bodies = redis.call('HMGET', KEYS[2], unpack(ids))
-local infos = redis.call('HMGET', KEYS[3], unpack(ids))
+local bodies = hmget(KEYS[2], ids)
+local infos = hmget(KEYS[3], ids)
 local out = {}
 for i = 1, #ids do
   out[#out + 1] = ids[i]
