@@ -11,9 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncjobs import App, PermanentError
+from asyncjobs.broker import OutgoingJob
+from asyncjobs.dedupe import MemoryDedupeStore
 from asyncjobs.memory import MemoryBroker
 from asyncjobs.metrics_server import serve_metrics
 from asyncjobs.retrying import Backoff
+from asyncjobs.task import CallOptions
 from tests.runtime.helpers import eventually, running
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +47,8 @@ def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 
 async def test_worker_metrics_are_served_over_http() -> None:
-    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"))
+    store = MemoryDedupeStore()
+    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"), dedupe=store)
     tag = uuid.uuid4().hex[:8]  # task names of this test only: counters are per process
     ok_name, bad_name, flaky_name = f"ok_{tag}", f"bad_{tag}", f"flaky_{tag}"
     calls: list[int] = []
@@ -68,17 +72,23 @@ async def test_worker_metrics_are_served_over_http() -> None:
     await bad.enqueue()
     await flaky.enqueue()
     await ok.options(queue="later", delay=60).enqueue()
+    await store.claim("paid", "earlier-worker", lease_seconds=5, ttl=60)  # a key already done...
+    await store.complete("paid", "earlier-worker", 60)
+    env = app.build(ok.spec, CallOptions(key="paid"), (), {})  # ...and a job delivered with it
+    await app.broker.enqueue([OutgoingJob(env.id, "default", env.encode())])
     port = free_port()
     async with serve_metrics(port, app.broker, ["default", "later"], poll_seconds=0.1), running(app) as worker:
-        await eventually(lambda: worker.stats.done == 6 and worker.stats.dead == 1)
+        await eventually(lambda: worker.stats.done == 6 and worker.stats.dead == 1 and worker.stats.skipped == 1)
         await anyio.sleep(0.3)  # one more stats poll
         samples = await anyio.to_thread.run_sync(scrape, port)
     duration = "asyncjobs_job_duration_seconds_count"
     assert value(samples, duration, task=ok_name, outcome="done") == 5
+    assert value(samples, duration, task=ok_name, outcome="skipped") == 1
+    assert value(samples, "asyncjobs_dedupe_skips_total", task=ok_name) == 1
     assert value(samples, duration, task=bad_name, outcome="dead", reason="permanent") == 1
     assert value(samples, duration, task=flaky_name, outcome="retry") == 1
     assert value(samples, duration, task=flaky_name, outcome="done") == 1
-    assert value(samples, "asyncjobs_job_queue_wait_seconds_count", task=ok_name, queue="default") == 5
+    assert value(samples, "asyncjobs_job_queue_wait_seconds_count", task=ok_name, queue="default") == 6
     assert value(samples, "asyncjobs_job_retries_total", task=flaky_name, error="ConnectionError") == 1
     assert value(samples, "asyncjobs_job_attempts_sum", task=flaky_name, outcome="done") == 2
     assert value(samples, "asyncjobs_job_dead_letters_total", reason="permanent") >= 1
