@@ -64,6 +64,26 @@ class _Lease:
         return self.message.delivery_tag or 0
 
 
+class _AckWindow:
+    """The unsettled delivery tags of one channel in order, so a run of finished ones is acked with one frame."""
+
+    __slots__ = ("done", "order")
+
+    def __init__(self) -> None:
+        self.order: deque[int] = deque()
+        self.done: set[int] = set()
+
+    def settle(self, tags: Sequence[int]) -> tuple[int | None, list[int]]:
+        """Mark ``tags`` settled: the last tag of the settled prefix (one ``multiple`` ack) and the rest."""
+        done, order = self.done, self.order
+        done.update(tags)
+        last = None
+        while order and order[0] in done:
+            last = order.popleft()
+            done.discard(last)
+        return last, [t for t in tags if t in done]
+
+
 def closed_by_consumer_timeout(channel: AbstractChannel) -> bool:
     """Whether the server closed ``channel`` because an ack was later than ``consumer_timeout``."""
     closing = channel.closing
@@ -90,6 +110,7 @@ class RabbitConsumer:
         self._serial = itertools.count(1)
         self._closed = False
         self._acked_early: list[Delivery] = []  # acked while waiting for adoption
+        self._windows: dict[AbstractChannel, _AckWindow] = {}
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -125,8 +146,16 @@ class RabbitConsumer:
         log.warning("consumer channel reopened after it was closed; subscribing again to %s", ",".join(self._queues))
         await self._subscribe()
 
+    def _window(self, channel: AbstractChannel) -> _AckWindow:
+        window = self._windows.get(channel)
+        if window is None:  # a new channel: the windows of closed ones are of no use any more
+            self._windows = {c: w for c, w in self._windows.items() if not c.is_closed}
+            window = self._windows[channel] = _AckWindow()
+        return window
+
     async def _arrive(self, queue: str, message: DeliveredMessage) -> None:
         """A message came in: adopt it if it is a running job's redelivery, else queue it for fetch."""
+        self._window(message.channel).order.append(message.delivery_tag or 0)
         job_id = wire.job_id_of(message)
         for delivery in self._held.get(job_id or "", ()):
             lease: _Lease = delivery.handle
@@ -277,29 +306,47 @@ class RabbitConsumer:
             await lease.channel.basic_ack(lease.tag, wait=False)
         except _CLOSED:
             return False
+        self._window(lease.channel).settle([lease.tag])  # any prefix it completes was acked already
         return True
 
     async def _nack(self, lease: _Lease) -> None:
         lease.settled = True
         with contextlib.suppress(*_CLOSED):  # its channel is gone: the server requeued it already
             await lease.channel.basic_nack(lease.tag, requeue=True, wait=False)
+            self._window(lease.channel).settle([lease.tag])
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Ack each delivery on its channel (frames written without waiting; AMQP acks have no reply)."""
-        results: list[bool] = []
-        for delivery in deliveries:
+        """Ack deliveries on their channels: a finished run of tags with one ``multiple`` frame, others one by one.
+
+        Frames are written without waiting (AMQP acks have no reply); ``True`` means the ack went
+        out on the open channel that holds the delivery.
+        """
+        results: list[bool] = [False] * len(deliveries)
+        by_channel: dict[AbstractChannel, list[int]] = {}
+        for index, delivery in enumerate(deliveries):
             lease: _Lease = delivery.handle
             if not self._holds(delivery):
-                results.append(False)
                 continue
             if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
                 lease.ack_on_adopt = True
                 self._acked_early.append(delivery)
-                results.append(True)
+                results[index] = True
                 continue
             lease.settled = True
             self._forget(delivery)
-            results.append(await self._ack(lease))
+            by_channel.setdefault(lease.channel, []).append(index)
+        for channel, indexes in by_channel.items():
+            tags = [deliveries[i].handle.tag for i in indexes]
+            last, singles = self._window(channel).settle(tags)
+            try:
+                if last is not None:
+                    await channel.basic_ack(last, multiple=True, wait=False)
+                for tag in singles:
+                    await channel.basic_ack(tag, wait=False)
+            except _CLOSED:
+                continue
+            for i in indexes:
+                results[i] = True
         return results
 
     async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:
