@@ -105,7 +105,6 @@ async def _poll(broker: Broker, source: _Source, every: float) -> None:
     failing = False
     while True:
         try:
-            await broker.connect()
             for queue in source.queues:
                 source.stats[queue] = await broker.stats(queue)
             failing = False
@@ -127,11 +126,14 @@ async def serve_metrics(
 ) -> AsyncIterator[None]:
     """Serve Prometheus metrics on ``host:port`` while the block runs (``/metrics``, or any path).
 
-    Raises :class:`~asyncjobs.errors.ConfigError` when the ``otel`` extra is missing or the port
-    cannot be bound. Queue gauges cover ``queues`` and refresh every ``poll_seconds``.
+    Connects ``broker`` first. Raises :class:`~asyncjobs.errors.ConfigError` when the ``otel``
+    extra is missing or the port cannot be bound. Queue gauges cover ``queues`` and refresh every
+    ``poll_seconds``.
     """
     installed = _install()
     from prometheus_client import start_http_server
+
+    await broker.connect()  # here, before the worker's own (idempotent) connect: never two at once
 
     try:
         server, thread = start_http_server(port, addr=host, registry=installed.registry)
