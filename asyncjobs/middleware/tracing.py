@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
 from asyncjobs.errors import JobTimeout
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from asyncjobs.middleware.metrics import MetricsMiddleware
 
 SCOPE = "asyncjobs"
+_ROOT = Context()
 _SYSTEMS = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq", "memory": "memory"}
 
 
@@ -94,7 +96,7 @@ class TracingMiddleware(_Traced):
         if tracer is None:
             return await call_next(job)
         env = job.envelope
-        parent = propagate.extract(env.headers) if env.headers else None
+        parent = propagate.extract(env.headers) if env.headers else _ROOT  # never the runner's ambient context
         attributes: dict[str, str | int] = {
             "messaging.system": self.system,
             "messaging.operation.type": "process",

@@ -248,3 +248,21 @@ async def test_without_an_sdk_provider_nothing_is_traced_and_headers_stay_untouc
     consumer = await app.broker.consumer(["default"], prefetch=1, lease_seconds=5)
     [delivery] = await consumer.fetch(1, 1.0)
     assert "headers" not in json.loads(delivery.body)
+
+
+async def test_a_job_without_trace_headers_starts_its_own_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"))  # an untraced producer
+
+    @app.task(name="orphan")
+    async def orphan() -> None:
+        pass
+
+    await orphan.enqueue()
+    with provider.get_tracer("test").start_as_current_span("around the worker"):
+        async with traced_worker(app, provider) as worker:
+            await eventually(lambda: worker.stats.done == 1)
+            await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
+    [process] = by_kind(exporter, SpanKind.CONSUMER)
+    assert process.parent is None
