@@ -26,6 +26,7 @@ from asyncjobs.errors import (
 )
 from asyncjobs.job import Job, Outcome
 from asyncjobs.middleware.chain import CallNext, Middleware
+from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
 from asyncjobs.retrying import Backoff, RetryPolicy
 from asyncjobs.settle import WorkerStats
@@ -45,6 +46,7 @@ __all__ = [
     "Consumer",
     "DeadLetter",
     "DeadLetterInfo",
+    "DedupeMiddleware",
     "DedupeRecord",
     "DedupeStore",
     "Delivery",
