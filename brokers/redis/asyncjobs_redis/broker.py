@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -94,6 +95,7 @@ class RedisBroker:
         self._client_url, self.prefix, self.socket_timeout = _split_url(url)
         self._client: Redis | None = None
         self._scripts: Scripts | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._handle_tag = secrets.token_hex(6)
         self._handles = itertools.count(1)
 
@@ -110,9 +112,20 @@ class RedisBroker:
         """A handle no other stored job has: the job id, ``|``, a per-broker tag and counter."""
         return f"{job_id or ''}|{self._handle_tag}{next(self._handles):x}"
 
+    def _current(self) -> bool:
+        """Whether the pool exists and belongs to the running event loop."""
+        if self._client is None:
+            return False
+        if self._loop is not asyncio.get_running_loop():
+            # Connections belong to the loop that opened them; that loop is gone (a second
+            # ``anyio.run`` with the same broker): start a new pool on this one.
+            self._client = self._scripts = self._loop = None
+            return False
+        return True
+
     async def connect(self) -> None:
         """Open the connection pool and check the server. Idempotent."""
-        if self._client is not None:
+        if self._current():
             return
         client = Redis.from_url(
             self._client_url,
@@ -136,20 +149,22 @@ class RedisBroker:
                 f"redis: server {info.get('redis_version')} is too old; asyncjobs-redis needs 6.2 or later"
             )
         await _warn_if_evicting(client)
-        if self._client is not None:  # another task connected meanwhile: keep theirs
+        if self._current():  # another task connected meanwhile: keep theirs
             await client.aclose()
             return
-        self._client, self._scripts = client, Scripts(client)
+        self._client, self._scripts, self._loop = client, Scripts(client), asyncio.get_running_loop()
 
     async def close(self) -> None:
         """Close the connection pool. Idempotent."""
-        client, self._client, self._scripts = self._client, None, None
+        if not self._current():
+            return
+        client, self._client, self._scripts, self._loop = self._client, None, None, None
         if client is not None:
             await client.aclose()
 
     async def client(self) -> tuple[Redis, Scripts]:
         """The connected client and scripts, connecting on first use."""
-        if self._client is None or self._scripts is None:
+        if not self._current():
             await self.connect()
         assert self._client is not None
         assert self._scripts is not None

@@ -178,3 +178,21 @@ async def test_idle_fetch_waits_on_the_server_not_by_polling(broker: RedisBroker
         await raw.aclose()
     mine = [c for c in clients if c.get("name") == broker.prefix]
     assert any(c.get("cmd") == "blpop" for c in mine), mine
+
+
+def test_one_broker_serves_one_event_loop_after_another() -> None:
+    require_server("redis")
+    prefix = f"rb{uuid.uuid4().hex[:10]}"
+    broker = RedisBroker(f"{REDIS_URL}?prefix={prefix}")
+
+    async def one_round() -> int:
+        await broker.enqueue([job()])
+        consumer = await broker.consumer(["q"], prefetch=1, lease_seconds=30)
+        got = await consumer.fetch(1, 1.0)
+        return sum(await consumer.ack(got))
+
+    try:
+        assert anyio.run(one_round) == 1
+        assert anyio.run(one_round) == 1
+    finally:
+        anyio.run(delete_prefix, prefix)
