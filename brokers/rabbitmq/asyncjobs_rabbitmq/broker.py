@@ -17,7 +17,7 @@ from pamqp.commands import Basic
 from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
-from asyncjobs.errors import BrokerConnectionError, BrokerError
+from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
 from asyncjobs_rabbitmq import wire
 from asyncjobs_rabbitmq.consumer import RabbitConsumer
 from asyncjobs_rabbitmq.options import RabbitOptions
@@ -80,6 +80,12 @@ class RabbitBroker:
             self.server = ServerInfo.from_properties(
                 transport.connection.server_properties if transport is not None else None
             )
+            if self.options.queue_type == "quorum" and not self.server.quorum_delays:
+                await connection.close()
+                raise ConfigError(
+                    f"{self.server.describe()} cannot delay jobs on quorum queues (TTL and at-least-once "
+                    f"dead-lettering need 3.10 or later): add ?queue_type=classic to the broker URL, or upgrade"
+                )
             self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             admin = await connection.channel(publisher_confirms=False)
             self._topology = Topology(self.options, self.server, admin)

@@ -13,6 +13,7 @@ class ServerInfo:
 
     Feature flags are not visible over AMQP 0-9-1; the version stands in for them:
 
+    * message TTL and at-least-once dead-lettering on quorum queues: 3.10 and later;
     * per-queue consumer timeout (``x-consumer-timeout``): 3.12 and later;
     * quorum queues get a default delivery limit of 20: 4.0 and later.
     """
@@ -41,6 +42,11 @@ class ServerInfo:
     def per_queue_consumer_timeout(self) -> bool:
         """Whether queues accept ``x-consumer-timeout`` (otherwise only the global ``consumer_timeout``)."""
         return self.version >= (3, 12, 0)
+
+    @property
+    def quorum_delays(self) -> bool:
+        """Whether quorum queues take ``x-message-ttl`` and at-least-once dead-lettering (3.10 and later)."""
+        return self.version >= (3, 10, 0)
 
     @property
     def quorum_default_delivery_limit(self) -> int | None:

@@ -1,6 +1,6 @@
 """A worker process for the fault tests: ``python rabbit_worker.py URL LOG CONCURRENCY LEASE``.
 
-Task ``fault.sleepy(seconds)`` sleeps. Every attempt writes ``start ID ATTEMPT DELIVERY_COUNT PID``
+Task ``fault.sleepy(seconds)`` sleeps; ``fault.die()`` kills its worker (a poison pill). Every attempt writes ``start ID ATTEMPT DELIVERY_COUNT PID``
 and ``end ID OUTCOME PID`` lines to LOG, so a test can count runs across processes.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 import anyio
@@ -42,6 +43,10 @@ def make_app(url: str, log_path: str = os.devnull) -> App:
     @app.task(name="fault.sleepy", queue=QUEUE, timeout=None, max_attempts=10)
     async def sleepy(seconds: float) -> None:
         await anyio.sleep(seconds)
+
+    @app.task(name="fault.die", queue=QUEUE, timeout=None, max_attempts=3)
+    async def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # a poison pill: kills its worker every time
 
     return app
 

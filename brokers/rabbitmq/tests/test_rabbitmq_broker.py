@@ -16,7 +16,7 @@ from asyncjobs.errors import BrokerError, BrokerURLError, ConfigError
 from tests.harness import require_server
 from tests.harness.rabbitmq import URL, rabbitmq_harness
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
 Q = "jobs"
 
 
@@ -74,6 +74,8 @@ def test_server_features_follow_the_reported_version() -> None:
     assert old.version == (3, 10, 8)
     assert not old.per_queue_consumer_timeout
     assert old.quorum_default_delivery_limit is None
+    assert old.quorum_delays
+    assert not ServerInfo.from_properties({"version": "3.9.29"}).quorum_delays
     assert ServerInfo.from_properties({"version": "3.12.1"}).per_queue_consumer_timeout
     assert ServerInfo.from_properties({"version": "4.0.2"}).quorum_default_delivery_limit == 20
     assert ServerInfo.from_properties(None).version == (0, 0, 0)

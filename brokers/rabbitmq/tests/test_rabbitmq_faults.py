@@ -54,26 +54,38 @@ async def producer(prefix: str, queue_type: str) -> AsyncIterator[App]:
         await broker.close()
 
 
+def spawn(prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0) -> subprocess.Popen[str]:
+    """Start a worker process (see ``rabbit_worker.py``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, str(HERE / "rabbit_worker.py"), url(prefix, queue_type, f"{prefix}-worker"), str(log)]
+    return subprocess.Popen([*args, str(concurrency), str(lease)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM a worker still running (kill it after 15 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 @contextmanager
 def worker(
     prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0
 ) -> Iterator[subprocess.Popen[str]]:
-    """A worker process, started and ready; killed at the end if still running."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, str(HERE / "rabbit_worker.py"), url(prefix, queue_type, f"{prefix}-worker"), str(log)]
-    proc = subprocess.Popen([*args, str(concurrency), str(lease)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    """A worker process, started and ready; stopped at the end if still running."""
+    proc = spawn(prefix, queue_type, log, concurrency, lease)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready", "worker did not start"
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def lines(log: Path, kind: str) -> list[list[str]]:
@@ -117,6 +129,31 @@ async def test_killed_worker_jobs_come_back_with_raised_count_and_none_is_lost(t
         assert all(int(p[2]) >= 2 for p in again), "the crash counts as an attempt"
         assert done_ids(log) == ids
         assert (await app.broker.stats(QUEUE)).ready == 0
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_poison_pill_that_kills_its_worker_ends_in_dead_letters(tmp_path: Path, queue_type: str) -> None:
+    prefix, log = f"f{uuid.uuid4().hex[:10]}", tmp_path / "runs.log"
+    async with producer(prefix, queue_type) as app:
+        pill = (await app.enqueue("fault.die")).id
+        survivor = (await app.enqueue("fault.sleepy", 0.0)).id
+        for _ in range(5):  # max_attempts=3: three deaths, then the next worker dead-letters it
+            proc = spawn(prefix, queue_type, log, concurrency=1)
+            try:
+                with anyio.fail_after(20):
+                    while proc.poll() is None and await app.broker.get_dead(QUEUE, pill) is None:  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+            finally:
+                stop(proc)
+            if await app.broker.get_dead(QUEUE, pill) is not None:
+                break
+        dead = await app.broker.get_dead(QUEUE, pill)
+        assert dead is not None, (
+            f"the poison pill must end in the dead letters, not loop forever: {lines(log, 'start')}"
+        )
+        assert dead.info.reason == "max_attempts"
+        assert [int(p[3]) for p in lines(log, "start") if p[1] == pill] == [1, 2, 3], "each death counted once"
+        assert survivor in done_ids(log)
 
 
 def _connection_pid(name: str) -> str | None:
