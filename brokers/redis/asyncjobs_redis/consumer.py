@@ -45,10 +45,10 @@ class RedisConsumer:
         self._lease_ms = max(math.ceil(lease_seconds * 1000), 1)
         self._keys = [key for queue in queues for key in broker.keys(queue).job]
         self._wake = [broker.keys(queue).wake for queue in queues]
-        self._index = {queue: i for i, queue in enumerate(queues, 1)}
         self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = 0
-        self._held: dict[str, Delivery] = {}  # by token: what close() gives back
+        # By token: the leases this consumer holds and until when (local clock) it last knew so.
+        self._held: dict[str, tuple[Delivery, float]] = {}
         self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
         self._closed = False
 
@@ -56,7 +56,7 @@ class RedisConsumer:
         """Lease up to ``max_count`` jobs, waiting on the server up to ``wait_seconds`` for one."""
         deadline = monotonic() + max(wait_seconds, 0.0)
         while not self._closed:
-            room = min(max_count, self._prefetch - len(self._held))
+            room = self._room(max_count)
             if room <= 0:  # every lease slot is taken: nothing may be leased before one is freed
                 await anyio.sleep(max(deadline - monotonic(), 0.0))
                 return []
@@ -70,9 +70,21 @@ class RedisConsumer:
             await self._block(min(block, self._max_block))
         return []
 
+    def _room(self, max_count: int) -> int:
+        """How many leases may be taken now; leases whose deadline passed do not count."""
+        if len(self._held) >= self._prefetch:
+            # A lease the worker gave up without a broker call (the server was away past its
+            # deadline) is held no more: forget it, or its slot would stay taken for good.
+            now = monotonic()
+            for token, (_, until) in list(self._held.items()):
+                if until <= now:
+                    del self._held[token]
+        return min(max_count, self._prefetch - len(self._held))
+
     async def _take(self, room: int) -> tuple[list[Delivery], int]:
         client, scripts = await self._broker.client()
         start, self._tokens = self._tokens, self._tokens + room
+        until = monotonic() + self._lease_ms / 1000
         args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start]
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
         with anyio.CancelScope(shield=True), broker_errors("fetch"):
@@ -82,7 +94,7 @@ class RedisConsumer:
             qi, raw_handle, raw_token, count, body = reply[i : i + 5]
             handle, token = raw_handle.decode(), raw_token.decode()
             delivery = Delivery(self._queues[qi - 1], job_id_of(handle), body, token, count, handle)
-            self._held[token] = delivery
+            self._held[token] = (delivery, until)
             out.append(delivery)
         return out, int(reply[0])
 
@@ -114,12 +126,15 @@ class RedisConsumer:
         _, scripts = await self._broker.client()
         keys, args = self._batch(deliveries)
         args.insert(1, self._lease_ms)
+        until = monotonic() + self._lease_ms / 1000
         with broker_errors("extend"):
             reply = await scripts.extend(keys=keys, args=args)
         result = [bool(r) for r in reply]
         for delivery, ok in zip(deliveries, result, strict=True):
             if not ok:
                 self._held.pop(delivery.token, None)
+            elif delivery.token in self._held:
+                self._held[delivery.token] = (delivery, until)
         return result
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -169,7 +184,7 @@ class RedisConsumer:
     async def close(self) -> None:
         """Stop fetching and give back every lease still held; a failure is logged (they expire)."""
         self._closed = True
-        held, self._held = list(self._held.values()), {}
+        held, self._held = [delivery for delivery, _ in self._held.values()], {}
         if not held:
             return
         try:

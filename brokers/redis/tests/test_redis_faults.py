@@ -226,8 +226,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def own_redis(port: int, workdir: Path, *options: str) -> Iterator[Callable[[], None]]:
-    """A Redis server without persistence on ``port``; yields a function that kills and restarts it."""
+def own_redis(port: int, workdir: Path, *options: str) -> Iterator[Callable[[float], None]]:
+    """A Redis server without persistence on ``port``; yields ``restart(down_seconds)``: kill, wait, start."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
@@ -245,10 +245,10 @@ def own_redis(port: int, workdir: Path, *options: str) -> Iterator[Callable[[], 
 
     procs = [start()]
 
-    def restart() -> None:
+    def restart(down: float = 0.5) -> None:
         procs[0].kill()  # a crash: no shutdown save (and persistence is off anyway)
         procs[0].wait(5)
-        time.sleep(0.5)
+        time.sleep(down)
         procs[0] = start()
 
     try:
@@ -265,12 +265,16 @@ async def test_worker_survives_a_redis_restart_and_resumes(prefix: str, tmp_path
         producer = fault_app(url)
         async with producer:
             before = {(await producer.enqueue("fault.nap", 0.01)).id for _ in range(3)}
-            with worker_process(url, prefix, "-c", "3", "--lease", "2") as worker:
+            with worker_process(url, prefix, "-c", "3", "--lease", "1") as worker:
                 await records_when(prefix, lambda rs: finished(rs) >= before, within=10)
-                await anyio.to_thread.run_sync(restart)
+                long = {(await producer.enqueue("fault.nap", 10)).id for _ in range(3)}
+                await records_when(prefix, lambda rs: {r[1] for r in rs if r[0] == "start"} >= long, within=10)
+                # Down for longer than a lease: every slot's lease is given up while the server is away.
+                await anyio.to_thread.run_sync(restart, 1.5)
                 after = {(await producer.enqueue("fault.nap", 0.01)).id for _ in range(3)}
-                await records_when(prefix, lambda rs: finished(rs) >= after, within=12)
+                found = await records_when(prefix, lambda rs: finished(rs) >= after, within=12)
                 assert worker.poll() is None, "the worker process survived the restart"
+        assert not finished(found) & long, "the jobs lost with the server's memory were not finished"
 
 
 async def test_a_server_that_may_evict_jobs_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
