@@ -2,8 +2,9 @@
 -- jobs join the back of ready and expired leases go back to the front (their token removed, so
 -- the old holder can no longer extend or settle them). ARGV: n_queues, max_count, lease ms,
 -- token prefix, last token number used.
--- Returns {ms until the next scheduled job or lease deadline (-1: none), taken, then per
--- delivery: queue index, handle, token, delivery count, body}.
+-- Returns {ms until the next scheduled job or lease deadline (-1: none known; only looked up
+-- when nothing was taken), taken, then per delivery: queue index, handle, token, delivery
+-- count, body}.
 local nq, want, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local prefix, seq = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
@@ -78,9 +79,10 @@ for qi = 1, nq do
   if redis.call('LLEN', ready) > 0 then
     signal(wake)
     next_due = 0
+  elseif got == 0 then  -- the caller waits: tell it for how long at most
+    earliest(sched)
+    earliest(lease)
   end
-  earliest(sched)
-  earliest(lease)
 end
 out[1] = next_due
 out[2] = got
