@@ -70,7 +70,7 @@ def _client_options() -> dict[str, Any]:
     """Options for the redis-py versions that have them."""
     try:
         from redis.maint_notifications import MaintNotificationsConfig
-    except ImportError:  # redis-py < 7
+    except ImportError:  # an older redis-py without them
         return {}
     # With maintenance notifications on ("auto", the default), the pool skips its check for a
     # connection the server closed, so the first command after a server restart would fail.
