@@ -12,10 +12,12 @@ import pytest
 from asyncjobs_redis import RedisBroker
 from redis.asyncio import Redis
 
+from asyncjobs import App
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob, from_url
 from asyncjobs.errors import BrokerConnectionError, BrokerURLError
 from tests.harness import require_server
 from tests.harness.redis import REDIS_URL, delete_prefix
+from tests.runtime.helpers import eventually, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -196,3 +198,22 @@ def test_one_broker_serves_one_event_loop_after_another() -> None:
         assert anyio.run(one_round) == 1
     finally:
         anyio.run(delete_prefix, prefix)
+
+
+async def test_job_longer_than_its_lease_runs_once_while_heartbeats_hold(broker: RedisBroker) -> None:
+    app = App(broker)
+    runs: list[int] = []
+
+    @app.task(name="long", timeout=10)
+    async def long() -> None:
+        runs.append(1)
+        await anyio.sleep(2.0)  # more than three leases of 0.6 s
+
+    await long.enqueue()
+    rival = await broker.consumer(["default"], prefetch=1, lease_seconds=30)
+    async with running(app, lease_seconds=0.6) as worker:
+        await eventually(lambda: bool(runs))
+        assert await rival.fetch(1, 1.8) == [], "a heartbeating lease is never taken over"
+        await eventually(lambda: worker.stats.done == 1)
+    assert runs == [1]
+    assert worker.stats.lease_lost == 0
