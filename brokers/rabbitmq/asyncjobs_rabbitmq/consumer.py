@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import uuid
@@ -84,6 +85,10 @@ class _AckWindow:
         return last, [t for t in tags if t in done]
 
 
+_Move = tuple[_Lease, str, int]
+"""A delivery to re-publish: its lease, the queue to publish to, earlier unsettled deliveries."""
+
+
 def closed_by_consumer_timeout(channel: AbstractChannel) -> bool:
     """Whether the server closed ``channel`` because an ack was later than ``consumer_timeout``."""
     closing = channel.closing
@@ -111,6 +116,7 @@ class RabbitConsumer:
         self._closed = False
         self._acked_early: list[Delivery] = []  # acked while waiting for adoption
         self._windows: dict[AbstractChannel, _AckWindow] = {}
+        self._waiting: list[tuple[float, int, str, DeliveredMessage]] = []  # due soon: held here until due
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -184,11 +190,12 @@ class RabbitConsumer:
         """Messages of ``queue`` this consumer holds: buffered ready, buffered early (scheduled), handed out."""
         ready = scheduled = 0
         now = wall_time()
+        scheduled += sum(1 for _, _, name, m in self._waiting if name == queue and not m.channel.is_closed)
         for name, message in self._inbox:
             if name != queue or message.channel.is_closed:
                 continue
             due = wire.due_of(wire.headers_of(message))
-            if due is not None and bucket_for(due - now) is not None:
+            if due is not None and due > now:
                 scheduled += 1
             else:
                 ready += 1
@@ -209,21 +216,36 @@ class RabbitConsumer:
         if self._acked_early:  # forget those whose redelivery did not come back in time
             self._acked_early = [d for d in self._acked_early if self._holds(d)]
         while not self._closed:
+            self._release_due()
+            moves: list[_Move] = []
             while self._inbox and len(out) < max_count:
                 queue, message = self._inbox.popleft()
-                delivery = await self._admit(queue, message)
-                if delivery is not None:
-                    out.append(delivery)
+                admitted = await self._admit(queue, message)
+                if isinstance(admitted, Delivery):
+                    out.append(admitted)
+                elif admitted is not None:
+                    moves.append(admitted)
+            await self._republish(moves)
             remaining = deadline - monotonic()
             if out or remaining <= 0:
                 break
             self._arrived.clear()
             if not self._inbox:
+                if self._waiting:
+                    remaining = min(remaining, max(self._waiting[0][0] - wall_time(), 0.0))
                 with anyio.move_on_after(remaining):
                     await self._arrived.wait()
         return out
 
-    async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | None:
+    def _release_due(self) -> None:
+        """Jobs held until their due time that are due now go to the front of the buffer."""
+        now = wall_time()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, queue, message = heapq.heappop(self._waiting)
+            self._inbox.appendleft((queue, message))
+
+    async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | _Move | None:
+        """A delivery to hand out, a message to re-publish elsewhere first, or nothing (its channel is gone)."""
         if message.channel.is_closed:
             return None  # the server requeued it with its channel; it comes again
         names = self._names[queue]
@@ -231,14 +253,15 @@ class RabbitConsumer:
         prior = wire.prior_of(headers)
         server_count = wire.server_count_of(headers)
         if server_count is None and _redelivered(message):  # classic: count it in a header
-            await self._move(_Lease(message, names, prior), names.work, prior + 1)
-            return None
+            return _Lease(message, names, prior), names.work, prior + 1
         prior += server_count or 0
         due = wire.due_of(headers)
-        ms = bucket_for(due - wall_time()) if due is not None else None
-        if ms is not None:
-            await self._move(_Lease(message, names, prior), await self._broker.topology.ensure_bucket(queue, ms), prior)
-            return None
+        if due is not None and due > wall_time():  # early (back from a bucket, or a short delay)
+            ms = bucket_for(due - wall_time())
+            if ms is None:  # due within the smallest bucket: hold it here until then
+                heapq.heappush(self._waiting, (due, next(self._serial), queue, message))
+                return None
+            return _Lease(message, names, prior), await self._broker.topology.ensure_bucket(queue, ms), prior
         delivery = Delivery(
             queue=queue,
             job_id=wire.job_id_of(message),
@@ -250,20 +273,29 @@ class RabbitConsumer:
         self._held.setdefault(delivery.job_id or "", []).append(delivery)
         return delivery
 
-    async def _move(self, lease: _Lease, routing_key: str, prior: int) -> None:
-        """Re-publish a delivery (confirmed) to ``routing_key``, then ack it."""
-        message = lease.message
-        props = wire.properties(
-            message.header.properties.message_id, wire.carried_headers(wire.headers_of(message), prior)
-        )
+    async def _republish(self, moves: Sequence[_Move]) -> bool:
+        """Re-publish deliveries with their counts (confirmed, one batch), then ack them.
+
+        If the publish fails they are nacked back to the queue instead (a redelivery).
+        """
+        if not moves:
+            return True
+        outgoing: list[Outgoing] = []
+        for lease, routing_key, prior in moves:
+            message = lease.message
+            headers = wire.carried_headers(wire.headers_of(message), prior)
+            outgoing.append((routing_key, message.body, wire.properties(message.header.properties.message_id, headers)))
         try:
-            await self._broker.publish([(routing_key, message.body, props)])
-        except BrokerError as exc:  # leave it with the server: the channel gives it back when it closes
-            log.error("could not re-publish job %s (%s); giving it back", wire.job_id_of(message), exc)
-            await self._nack(lease)
-            return
-        lease.settled = True
-        await self._ack(lease)
+            await self._broker.publish(outgoing)
+        except BrokerError as exc:
+            log.error("could not re-publish %d jobs (%s); giving them back", len(moves), exc)
+            for lease, _, _ in moves:
+                await self._nack(lease)
+            return False
+        for lease, _, _ in moves:
+            lease.settled = True
+            await self._ack(lease)
+        return True
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -398,25 +430,7 @@ class RabbitConsumer:
         await self._give_back(leases)
 
     async def _give_back(self, leases: list[_Lease]) -> None:
-        if not leases:
-            return
-        outgoing: list[Outgoing] = []
-        for lease in leases:
-            message = lease.message
-            headers = wire.carried_headers(wire.headers_of(message), lease.prior)
-            outgoing.append(
-                (lease.names.work, message.body, wire.properties(message.header.properties.message_id, headers))
-            )
-        try:
-            await self._broker.publish(outgoing)
-        except BrokerError as exc:
-            log.warning("could not re-publish %d released jobs (%s); requeueing them instead", len(leases), exc)
-            for lease in leases:
-                await self._nack(lease)
-            return
-        for lease in leases:
-            lease.settled = True
-            await self._ack(lease)
+        await self._republish([(lease, lease.names.work, lease.prior) for lease in leases])
 
     async def close(self) -> None:
         """Stop consuming, give back what is held or buffered, close the channel. Idempotent."""
@@ -433,21 +447,21 @@ class RabbitConsumer:
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
                 for tag in list(underlay.consumers):
                     await underlay.basic_cancel(tag)
+                await anyio.sleep(0.01)  # let deliveries that came before the cancel-ok reach the buffer
             except _CLOSED:
                 pass
             held = [d for ds in self._held.values() for d in ds]
             self._held.clear()
+            waiting = [(queue, message) for _, _, queue, message in self._waiting]
             buffered = [
                 _Lease(message, self._names[queue], _earlier_deliveries(message))
-                for queue, message in self._inbox
+                for queue, message in [*self._inbox, *waiting]
                 if not message.channel.is_closed
             ]
             self._inbox.clear()
+            self._waiting.clear()
             leases = [d.handle for d in held if not d.handle.settled and not d.handle.channel.is_closed] + buffered
-            try:
-                await self._give_back(leases)
-            except (*_CLOSED, BrokerError):
-                pass  # closing the channel below gives them back (counted as a delivery)
+            await self._give_back(leases)  # if that fails, closing the channel gives them back
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await channel.close()
 

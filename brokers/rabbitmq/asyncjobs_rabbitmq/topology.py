@@ -8,7 +8,8 @@ For a queue ``Q`` (after the URL's ``queue_prefix``):
   against a quorum queue's delivery limit).
 * ``Q.delay.<ms>``: delay buckets with a queue-level ``x-message-ttl`` of ``<ms>`` that dead-letter
   back to ``Q`` (no plugin). Delays are decomposed into buckets of 0.25 s x 4^i (0.25 s .. 68 min);
-  a job that comes back before its ``not_before`` is put in the next bucket by the consumer.
+  a job that comes back before its ``not_before`` is put in the next bucket by the consumer, and
+  one due in less than 0.25 s is held by the consumer until it is due.
 """
 
 from __future__ import annotations
@@ -25,20 +26,16 @@ from asyncjobs_rabbitmq.version import ServerInfo
 BUCKETS_MS: tuple[int, ...] = tuple(250 * 4**i for i in range(8))
 """Delay bucket TTLs in milliseconds: 0.25 s, 1 s, 4 s, 16 s, 64 s, 256 s, 1024 s, 4096 s."""
 
-DUE_TOLERANCE = 0.005
-"""A job due within this many seconds counts as due (clocks and timers are not exact)."""
-
 
 def bucket_for(remaining: float) -> int | None:
-    """The bucket (ms) to wait ``remaining`` seconds in: the largest not longer than it, or ``None`` when due.
+    """The bucket (ms) to wait ``remaining`` seconds in: the largest not longer than it.
 
-    A remaining delay shorter than the smallest bucket uses the smallest bucket, so a job is never
-    early, and at most 0.25 s late.
+    ``None`` when the wait is shorter than the smallest bucket: the job goes to the work queue and
+    the consumer that receives it holds it until it is due. So a job is never early, and late
+    only by the time it takes to be delivered.
     """
-    if remaining <= DUE_TOLERANCE:
-        return None
     ms = remaining * 1000
-    chosen = BUCKETS_MS[0]
+    chosen = None
     for bucket in BUCKETS_MS:
         if bucket <= ms:
             chosen = bucket

@@ -12,6 +12,7 @@ Headers (all optional, so any AMQP producer can enqueue a bare envelope):
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
@@ -34,7 +35,7 @@ def properties(message_id: str | None, headers: dict[str, Any] | None = None) ->
 
 def due_headers(not_before: float | None) -> dict[str, Any] | None:
     """Headers carrying ``not_before`` (wall clock seconds), or ``None``."""
-    return None if not_before is None else {DUE: round(not_before * 1000)}
+    return None if not_before is None else {DUE: math.ceil(not_before * 1000)}  # never earlier
 
 
 def headers_of(message: DeliveredMessage) -> dict[str, Any]:

@@ -47,8 +47,8 @@ async def fetch_one(consumer: RabbitConsumer, within: float = 5.0) -> list:  # t
 
 def test_bucket_is_the_largest_not_longer_than_the_delay_so_a_job_is_never_early() -> None:
     assert bucket_for(0.0) is None
-    assert bucket_for(0.004) is None
-    assert bucket_for(0.1) == 250
+    assert bucket_for(0.1) is None, "shorter than the smallest bucket: held by the consumer"
+    assert bucket_for(0.25) == 250
     assert bucket_for(1.2) == 1000
     assert bucket_for(3.99) == 1000
     assert bucket_for(4.0) == 4000
@@ -172,14 +172,15 @@ async def test_redelivery_of_a_job_still_held_here_is_adopted_not_handed_out_aga
     assert (await broker.stats(Q)).ready == 0, "the adopted delivery was acked, not given back"
 
 
-async def test_delayed_job_crosses_buckets_and_is_never_early(broker: RabbitBroker) -> None:
-    due = wall_time() + 1.6  # 1 s bucket, then 0.25 s buckets
+@pytest.mark.parametrize("delay", [0.15, 1.6])  # held by the consumer; 1 s bucket, 0.25 s bucket, held
+async def test_delayed_job_crosses_buckets_and_is_never_early(broker: RabbitBroker, delay: float) -> None:
+    due = wall_time() + delay
     await broker.enqueue([job(not_before=due)])
     consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
     try:
         [delivery] = await fetch_one(consumer, within=6.0)
         arrived = wall_time()
-        assert due <= arrived < due + 1.0
+        assert due <= arrived < due + 0.5
         assert delivery.delivery_count == 1
     finally:
         await consumer.close()
@@ -222,3 +223,23 @@ async def test_retry_publishes_the_next_body_before_acking(broker: RabbitBroker)
         assert again.body.endswith(b'"attempt":2}')
     finally:
         await consumer.close()
+
+
+async def test_many_delayed_jobs_hop_buckets_together_and_none_is_early(broker: RabbitBroker) -> None:
+    due = wall_time() + 0.6  # 0.25 s bucket three times: two re-bucketings of all 300 at once
+    sent = [job(not_before=due) for _ in range(300)]
+    await broker.enqueue(sent)
+    consumer = await broker.consumer([Q], prefetch=400, lease_seconds=30)
+    try:
+        got: list[str | None] = []
+        deadline = monotonic() + 8.0
+        while len(got) < len(sent) and monotonic() < deadline:
+            batch = await consumer.fetch(400, 0.3)
+            assert wall_time() >= due or not batch, "a delayed job came out early"
+            got += [d.job_id for d in batch]
+            assert all(await consumer.ack(batch))
+        assert sorted(g or "" for g in got) == sorted(j.id for j in sent)
+    finally:
+        await consumer.close()
+    stats = await broker.stats(Q)
+    assert (stats.ready, stats.scheduled) == (0, 0)
