@@ -17,7 +17,7 @@ from asyncjobs.dedupe.store import DedupeStore, key_for
 from asyncjobs.envelope import Envelope, new_id
 from asyncjobs.errors import ConfigError, PayloadTooLargeError
 from asyncjobs.middleware.chain import Middleware
-from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system
+from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system, tracing_enabled
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
 from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
 
@@ -94,9 +94,9 @@ class App:
         self.tasks: dict[str, TaskSpec] = {}
         self.middleware = list(middleware)
         self.producer_middleware = list(producer_middleware)
+        self._tracing: TracingProducerMiddleware | None = None  # outermost; used only while an SDK is set
         if not any(isinstance(m, TracingProducerMiddleware) for m in self.producer_middleware):
-            tracing = TracingProducerMiddleware(system=lambda: messaging_system(self.broker_url))
-            self.producer_middleware.insert(0, tracing)  # a no-op unless an SDK tracer provider is set
+            self._tracing = TracingProducerMiddleware(system=lambda: messaging_system(self.broker_url))
         self.dedupe = dedupe
         self.deterministic_keys = deterministic_keys
         self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
@@ -239,6 +239,8 @@ class App:
         call: Publish = self._send
         for layer in reversed(self.producer_middleware):
             call = _bind_producer(layer, call)
+        if self._tracing is not None and tracing_enabled():
+            call = _bind_producer(self._tracing, call)
         accepted = await call(envelopes)
         return [JobRef(e.id, e.task, e.queue, ok) for e, ok in zip(envelopes, accepted, strict=True)]
 
