@@ -88,3 +88,25 @@ async def test_a_key_is_enqueued_once_on_every_broker(broker: Broker) -> None:
     assert [r.accepted for r in refs] == [True, False, False]
     stats = await broker.stats(queue)
     assert stats.ready + stats.scheduled == 1
+
+
+async def test_a_duplicate_of_a_running_job_waits_then_is_skipped_on_every_broker(broker: Broker) -> None:
+    queue = f"q{uuid.uuid4().hex[:8]}"
+    app = App(broker, dedupe=MemoryDedupeStore(), default_queue=queue)
+    runs: list[int] = []
+    release = anyio.Event()
+
+    @app.task(name="slow", timeout=5)
+    async def slow() -> None:
+        runs.append(1)
+        await release.wait()
+
+    env = app.build(slow.spec, CallOptions(key="slow-1"), (), {})
+    async with working(app) as worker:
+        await broker.enqueue([OutgoingJob(env.id, queue, env.encode())])
+        await eventually(lambda: runs == [1])
+        await broker.enqueue([OutgoingJob(uuid.uuid4().hex, queue, env.encode())])  # delivered while it runs
+        await eventually(lambda: worker.stats.deferred >= 1)
+        release.set()
+        await eventually(lambda: worker.stats.done == 1 and worker.stats.skipped == 1, within=15)
+    assert runs == [1]
