@@ -22,7 +22,6 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import aio_pika.abc
@@ -34,6 +33,14 @@ from asyncjobs.broker import DeadLetterInfo, Delivery
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import BrokerError
 from asyncjobs_rabbitmq import wire
+from asyncjobs_rabbitmq.leases import (
+    AckWindow,
+    Lease,
+    Move,
+    closed_by_consumer_timeout,
+    earlier_deliveries,
+    redelivered,
+)
 from asyncjobs_rabbitmq.topology import Names, bucket_for, work_arguments
 
 if TYPE_CHECKING:
@@ -43,59 +50,6 @@ log = logging.getLogger(__name__)
 
 _CLOSED = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
 CLOSE_TIMEOUT = 10.0
-
-
-@dataclass(slots=True, eq=False)
-class _Lease:
-    """Broker-private handle of a :class:`Delivery`."""
-
-    message: DeliveredMessage
-    names: Names
-    prior: int  # earlier unsettled deliveries of this body
-    settled: bool = False
-    orphaned_at: float | None = None  # when first seen on a channel closed by consumer timeout
-    ack_on_adopt: bool = False
-
-    @property
-    def channel(self) -> AbstractChannel:
-        return self.message.channel
-
-    @property
-    def tag(self) -> int:
-        return self.message.delivery_tag or 0
-
-
-class _AckWindow:
-    """The unsettled delivery tags of one channel in order, so a run of finished ones is acked with one frame."""
-
-    __slots__ = ("done", "order")
-
-    def __init__(self) -> None:
-        self.order: deque[int] = deque()
-        self.done: set[int] = set()
-
-    def settle(self, tags: Sequence[int]) -> tuple[int | None, list[int]]:
-        """Mark ``tags`` settled: the last tag of the settled prefix (one ``multiple`` ack) and the rest."""
-        done, order = self.done, self.order
-        done.update(tags)
-        last = None
-        while order and order[0] in done:
-            last = order.popleft()
-            done.discard(last)
-        return last, [t for t in tags if t in done]
-
-
-_Move = tuple[_Lease, str, int]
-"""A delivery to re-publish: its lease, the queue to publish to, earlier unsettled deliveries."""
-
-
-def closed_by_consumer_timeout(channel: AbstractChannel) -> bool:
-    """Whether the server closed ``channel`` because an ack was later than ``consumer_timeout``."""
-    closing = channel.closing
-    if not closing.done() or closing.cancelled():
-        return False
-    exc = closing.exception()
-    return isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed) and "timed out" in str(exc)
 
 
 class RabbitConsumer:
@@ -115,7 +69,7 @@ class RabbitConsumer:
         self._serial = itertools.count(1)
         self._closed = False
         self._acked_early: list[Delivery] = []  # acked while waiting for adoption
-        self._windows: dict[AbstractChannel, _AckWindow] = {}
+        self._windows: dict[AbstractChannel, AckWindow] = {}
         self._waiting: list[tuple[float, int, str, DeliveredMessage]] = []  # due soon: held here until due
 
     # -- subscription --------------------------------------------------------------------------
@@ -152,11 +106,11 @@ class RabbitConsumer:
         log.warning("consumer channel reopened after it was closed; subscribing again to %s", ",".join(self._queues))
         await self._subscribe()
 
-    def _window(self, channel: AbstractChannel) -> _AckWindow:
+    def _window(self, channel: AbstractChannel) -> AckWindow:
         window = self._windows.get(channel)
         if window is None:  # a new channel: the windows of closed ones are of no use any more
             self._windows = {c: w for c, w in self._windows.items() if not c.is_closed}
-            window = self._windows[channel] = _AckWindow()
+            window = self._windows[channel] = AckWindow()
         return window
 
     async def _arrive(self, queue: str, message: DeliveredMessage) -> None:
@@ -164,15 +118,15 @@ class RabbitConsumer:
         self._window(message.channel).order.append(message.delivery_tag or 0)
         job_id = wire.job_id_of(message)
         for delivery in self._held.get(job_id or "", ()):
-            lease: _Lease = delivery.handle
+            lease: Lease = delivery.handle
             if lease.channel.is_closed and not lease.settled and delivery.body == message.body:
                 await self._adopt(delivery, lease, message)
                 return
         self._inbox.append((queue, message))
         self._arrived.set()
 
-    async def _adopt(self, delivery: Delivery, lease: _Lease, message: DeliveredMessage) -> None:
-        delivery.handle = _Lease(message, lease.names, lease.prior)
+    async def _adopt(self, delivery: Delivery, lease: Lease, message: DeliveredMessage) -> None:
+        delivery.handle = Lease(message, lease.names, lease.prior)
         delivery.token = self._token(message)
         log.warning(
             "job %s came back after its channel closed while it still runs here: adopted as its lease, not run again",
@@ -217,7 +171,7 @@ class RabbitConsumer:
             self._acked_early = [d for d in self._acked_early if self._holds(d)]
         while not self._closed:
             self._release_due()
-            moves: list[_Move] = []
+            moves: list[Move] = []
             while self._inbox and len(out) < max_count:
                 queue, message = self._inbox.popleft()
                 admitted = await self._admit(queue, message)
@@ -244,7 +198,7 @@ class RabbitConsumer:
             _, _, queue, message = heapq.heappop(self._waiting)
             self._inbox.appendleft((queue, message))
 
-    async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | _Move | None:
+    async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | Move | None:
         """A delivery to hand out, a message to re-publish elsewhere first, or nothing (its channel is gone)."""
         if message.channel.is_closed:
             return None  # the server requeued it with its channel; it comes again
@@ -252,8 +206,8 @@ class RabbitConsumer:
         headers = wire.headers_of(message)
         prior = wire.prior_of(headers)
         server_count = wire.server_count_of(headers)
-        if server_count is None and _redelivered(message):  # classic: count it in a header
-            return _Lease(message, names, prior), names.work, prior + 1
+        if server_count is None and redelivered(message):  # classic: count it in a header
+            return Lease(message, names, prior), names.work, prior + 1
         prior += server_count or 0
         due = wire.due_of(headers)
         if due is not None and due > wall_time():  # early (back from a bucket, or a short delay)
@@ -261,19 +215,19 @@ class RabbitConsumer:
             if ms is None:  # due within the smallest bucket: hold it here until then
                 heapq.heappush(self._waiting, (due, next(self._serial), queue, message))
                 return None
-            return _Lease(message, names, prior), await self._broker.topology.ensure_bucket(queue, ms), prior
+            return Lease(message, names, prior), await self._broker.topology.ensure_bucket(queue, ms), prior
         delivery = Delivery(
             queue=queue,
             job_id=wire.job_id_of(message),
             body=message.body,
             token=self._token(message),
             delivery_count=prior + 1,
-            handle=_Lease(message, names, prior),
+            handle=Lease(message, names, prior),
         )
         self._held.setdefault(delivery.job_id or "", []).append(delivery)
         return delivery
 
-    async def _republish(self, moves: Sequence[_Move]) -> bool:
+    async def _republish(self, moves: Sequence[Move]) -> bool:
         """Re-publish deliveries with their counts (confirmed, one batch), then ack them.
 
         If the publish fails they are nacked back to the queue instead (a redelivery).
@@ -301,7 +255,7 @@ class RabbitConsumer:
 
     def _holds(self, delivery: Delivery) -> bool:
         """Whether the lease still holds (its channel is open, or waiting for adoption)."""
-        lease: _Lease = delivery.handle
+        lease: Lease = delivery.handle
         if lease.settled:
             return False
         if not lease.channel.is_closed:
@@ -333,7 +287,7 @@ class RabbitConsumer:
         """``True`` while each delivery's channel is open (no round trip: leases live with channels)."""
         return [self._holds(d) for d in deliveries]
 
-    async def _ack(self, lease: _Lease) -> bool:
+    async def _ack(self, lease: Lease) -> bool:
         try:
             await lease.channel.basic_ack(lease.tag, wait=False)
         except _CLOSED:
@@ -341,7 +295,7 @@ class RabbitConsumer:
         self._window(lease.channel).settle([lease.tag])  # any prefix it completes was acked already
         return True
 
-    async def _nack(self, lease: _Lease) -> None:
+    async def _nack(self, lease: Lease) -> None:
         lease.settled = True
         with contextlib.suppress(*_CLOSED):  # its channel is gone: the server requeued it already
             await lease.channel.basic_nack(lease.tag, requeue=True, wait=False)
@@ -356,7 +310,7 @@ class RabbitConsumer:
         results: list[bool] = [False] * len(deliveries)
         by_channel: dict[AbstractChannel, list[int]] = {}
         for index, delivery in enumerate(deliveries):
-            lease: _Lease = delivery.handle
+            lease: Lease = delivery.handle
             if not self._holds(delivery):
                 continue
             if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
@@ -383,7 +337,7 @@ class RabbitConsumer:
 
     async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:
         """Store ``outgoing`` (confirmed), then ack ``delivery``: a crash in between duplicates, never loses."""
-        lease: _Lease = delivery.handle
+        lease: Lease = delivery.handle
         if not self._holds(delivery):
             return False
         try:
@@ -413,14 +367,14 @@ class RabbitConsumer:
         """Publish the body with ``info`` to ``<queue>.dead`` (confirmed), then ack the original."""
         if not self._holds(delivery):
             return False
-        lease: _Lease = delivery.handle
+        lease: Lease = delivery.handle
         dead_id = delivery.job_id or self._broker.new_message_id()
         message: Outgoing = (lease.names.dead, delivery.body, wire.properties(dead_id, wire.dead_headers(info)))
         return await self._replace(delivery, message)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give deliveries back without counting a delivery: re-publish (confirmed), then ack."""
-        leases: list[_Lease] = []
+        leases: list[Lease] = []
         for delivery in deliveries:
             if self._holds(delivery) and not delivery.handle.channel.is_closed:
                 leases.append(delivery.handle)
@@ -429,7 +383,7 @@ class RabbitConsumer:
             self._forget(delivery)
         await self._give_back(leases)
 
-    async def _give_back(self, leases: list[_Lease]) -> None:
+    async def _give_back(self, leases: list[Lease]) -> None:
         await self._republish([(lease, lease.names.work, lease.prior) for lease in leases])
 
     async def close(self) -> None:
@@ -454,7 +408,7 @@ class RabbitConsumer:
             self._held.clear()
             waiting = [(queue, message) for _, _, queue, message in self._waiting]
             buffered = [
-                _Lease(message, self._names[queue], _earlier_deliveries(message))
+                Lease(message, self._names[queue], earlier_deliveries(message))
                 for queue, message in [*self._inbox, *waiting]
                 if not message.channel.is_closed
             ]
@@ -464,16 +418,3 @@ class RabbitConsumer:
             await self._give_back(leases)  # if that fails, closing the channel gives them back
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await channel.close()
-
-
-def _earlier_deliveries(message: DeliveredMessage) -> int:
-    """Deliveries of this body before this one that ended unsettled."""
-    headers = wire.headers_of(message)
-    count = wire.server_count_of(headers)
-    if count is None:
-        count = 1 if _redelivered(message) else 0
-    return wire.prior_of(headers) + count
-
-
-def _redelivered(message: DeliveredMessage) -> bool:
-    return bool(getattr(message.delivery, "redelivered", False))

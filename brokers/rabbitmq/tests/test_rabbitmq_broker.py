@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 from asyncjobs_rabbitmq import RabbitBroker, RabbitConsumer, RabbitOptions, ServerInfo, wire
+from asyncjobs_rabbitmq.leases import AckWindow
 from asyncjobs_rabbitmq.topology import BUCKETS_MS, bucket_for
 
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob
@@ -243,3 +244,12 @@ async def test_many_delayed_jobs_hop_buckets_together_and_none_is_early(broker: 
         await consumer.close()
     stats = await broker.stats(Q)
     assert (stats.ready, stats.scheduled) == (0, 0)
+
+
+def test_ack_window_acks_a_finished_run_with_one_frame_and_the_rest_one_by_one() -> None:
+    window = AckWindow()
+    window.order.extend([1, 2, 3, 4, 5])
+    assert window.settle([2, 4]) == (None, [2, 4]), "1 still runs: no multiple ack may cover it"
+    assert window.settle([1]) == (2, []), "1 and the already acked 2 form the finished run"
+    assert window.settle([3, 5]) == (5, [])
+    assert not window.order and not window.done
