@@ -1,7 +1,7 @@
 """Broker options read from the URL: ``amqp://user:pass@host:port/vhost?queue_type=quorum&...``.
 
-The options below are taken out of the query string; everything else (``heartbeat``, TLS
-options...) is passed on to the AMQP client unchanged.
+The options below are taken out of the query string; everything else (``heartbeat``,
+``reconnect_interval`` (default here: 1 s), TLS options...) is passed on to the AMQP client.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class RabbitOptions:
             ) from None
         if timeout <= 0:
             raise BrokerURLError(f"consumer_timeout={timeout} in the broker URL must be > 0 seconds")
+        if not any(key == "reconnect_interval" for key, _ in rest):
+            rest.append(("reconnect_interval", "1"))  # the client's default of 5 s leaves workers idle longer
         client_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
         return cls(
             amqp_url=client_url,

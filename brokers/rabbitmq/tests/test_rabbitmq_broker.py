@@ -62,7 +62,7 @@ def test_bucket_is_the_largest_not_longer_than_the_delay_so_a_job_is_never_early
 def test_url_options_are_parsed_and_bad_values_refused() -> None:
     options = RabbitOptions.from_url("amqp://u:p@h:5672/vh?queue_type=classic&queue_prefix=app.&heartbeat=30")
     assert (options.queue_type, options.queue_prefix) == ("classic", "app.")
-    assert options.amqp_url == "amqp://u:p@h:5672/vh?heartbeat=30"
+    assert options.amqp_url == "amqp://u:p@h:5672/vh?heartbeat=30&reconnect_interval=1"
     assert RabbitOptions.from_url("amqp://h/").queue_type == "quorum"
     with pytest.raises(BrokerURLError, match="queue_type"):
         RabbitOptions.from_url("amqp://h/?queue_type=stream")
