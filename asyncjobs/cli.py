@@ -89,7 +89,7 @@ def main(log_level: str) -> None:
 @click.option("--broker", "broker_url", envvar=BROKER_URL_ENV, help="Broker URL (default: the app's, else memory://).")
 @click.option("-q", "--queue", "queues", multiple=True, help="Queue to consume (repeatable). Default: default.")
 @click.option("-c", "--concurrency", default=10, show_default=True, help="Jobs running at once.")
-@click.option("--prefetch", type=int, default=None, help="Leases held at once (default: concurrency).")
+@click.option("--prefetch", type=int, default=None, help="Leases held at once (default: 2 x concurrency).")
 @click.option("--lease", "lease_seconds", default=30.0, show_default=True, help="Lease length in seconds.")
 @click.option(
     "--heartbeat",

@@ -18,7 +18,9 @@ from asyncjobs.task import TaskSpec
 class WorkerConfig:
     """How a worker runs.
 
-    * ``concurrency``: jobs running at once. ``prefetch``: leases held at once (default: as many).
+    * ``concurrency``: jobs running at once. ``prefetch``: leases held at once, running or fetched
+      and waiting to run (default: twice the concurrency, so the next jobs are already here when
+      runners free up; set it to ``concurrency`` for long jobs, so none wait behind them).
     * ``lease_seconds``: each lease's length; ``heartbeat_seconds``: how often every held lease is
       extended in one batch (default lease/3; ``0`` turns heartbeats off).
     * ``drain_seconds``: on shutdown, how long running jobs may finish before being cancelled and
@@ -65,7 +67,7 @@ class WorkerConfig:
     @property
     def leases_held(self) -> int:
         """How many leases the worker holds at most (running plus waiting to run)."""
-        return self.prefetch or self.concurrency
+        return self.prefetch or 2 * self.concurrency
 
     def check_tasks(self, tasks: Iterable[TaskSpec]) -> None:
         """Refuse task timeouts this configuration cannot cover.

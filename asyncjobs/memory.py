@@ -230,6 +230,8 @@ class MemoryConsumer:
         """Lease up to ``max_count`` jobs, waiting for one up to ``wait_seconds``."""
         deadline = monotonic() + wait_seconds
         while not self._closed:
+            if len(self._held) >= self._prefetch:
+                self._prune()
             room = min(max_count, self._prefetch - len(self._held))
             out, wake = self._broker._take(self._queues, room, self._lease) if room > 0 else ([], None)
             if out:
@@ -251,8 +253,16 @@ class MemoryConsumer:
             stored = self._broker._held(delivery)
             if stored is not None:
                 stored.deadline = deadline
+            else:
+                self._held.pop(delivery.handle, None)  # lost: its slot is free again
             result.append(stored is not None)
         return result
+
+    def _prune(self) -> None:
+        """Forget leases that ended (expired or taken over): they no longer use a prefetch slot."""
+        for handle, delivery in list(self._held.items()):
+            if self._broker._held(delivery) is None:
+                del self._held[handle]
 
     def _settled(self, delivery: Delivery) -> _Stored | None:
         self._held.pop(delivery.handle, None)

@@ -204,6 +204,27 @@ async def test_expired_lease_is_redelivered_with_raised_count(broker: Broker) ->
         await other.close()
 
 
+async def test_a_lost_lease_frees_its_prefetch_slot(broker: Broker) -> None:
+    expiring(broker)
+    await broker.enqueue([job()])
+    holder = await open_consumer(broker, lease=0.5, prefetch=1)
+    thief = await open_consumer(broker)
+    try:
+        [first] = await fetch_all(holder, 1)
+        [stolen] = await fetch_all(thief, 1, within=5.0)
+        assert stolen.job_id == first.job_id
+        assert await holder.extend([first]) == [False]
+        later = job()
+        await broker.enqueue([later])
+        [second] = await fetch_all(holder, 1, within=5.0)
+        assert second.job_id == later.id, "the lost lease must not keep the only slot taken"
+        assert await holder.ack([second]) == [True]
+        assert await thief.ack([stolen]) == [True]
+    finally:
+        await holder.close()
+        await thief.close()
+
+
 async def test_extended_lease_outlives_its_first_deadline(broker: Broker) -> None:
     expiring(broker)
     await broker.enqueue([job()])
