@@ -141,6 +141,20 @@ class MemoryBroker:
         nexts = [heap[0][0] for heap in (queue.scheduled, queue.leased) if heap]
         return min(nexts) if nexts else None
 
+    def expire_leases(self) -> int:
+        """End every current lease now, as if its worker had vanished (for tests); returns how many.
+
+        The next fetch of any consumer redelivers those jobs, with their delivery count raised.
+        """
+        expired = 0
+        for seq, stored in self._jobs.items():
+            if stored.token is not None and stored.deadline > 0.0:
+                stored.deadline = 0.0
+                heapq.heappush(self._queue(stored.queue).leased, (0.0, seq, stored.token))
+                expired += 1
+        self._notify()
+        return expired
+
     def _take(self, queues: Sequence[str], max_count: int, lease_seconds: float) -> tuple[list[Delivery], float | None]:
         now = monotonic()
         out: list[Delivery] = []
