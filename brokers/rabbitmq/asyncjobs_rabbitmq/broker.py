@@ -95,6 +95,7 @@ class RabbitBroker:
     async def close(self) -> None:
         """Close the connection and every channel on it. Idempotent."""
         connection, self._connection = self._connection, None
+        self._publisher = None
         if connection is not None:
             await connection.close()
 
@@ -127,7 +128,7 @@ class RabbitBroker:
         """
         if not messages:
             return
-        if self._publisher is None:
+        if self._connection is None:
             await self.connect()
         assert self._publisher is not None
         try:
