@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-
-from benchmarks.core import Recorder, System, Workload
+from benchmarks.core import Recorder, System, Workload, in_background
 
 
 class AsyncJobsSystem(System):
@@ -37,10 +35,18 @@ class AsyncJobsSystem(System):
             return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         return None
 
-    async def setup(self) -> None:
+    def make_app(self) -> Any:
+        """The app of this scenario (a hook for variants)."""
         from asyncjobs import App
 
-        self.app = App(self.url, default_queue=self.prefix)
+        return App(self.url, default_queue=self.prefix)
+
+    def worker_middleware(self) -> list[Any]:
+        """Extra worker middleware (a hook for variants)."""
+        return []
+
+    async def setup(self) -> None:
+        self.app = self.make_app()
         recorder = self.recorder
 
         @self.app.task(name="bench.noop")
@@ -61,13 +67,9 @@ class AsyncJobsSystem(System):
         from asyncjobs import Worker, WorkerConfig
 
         config = WorkerConfig(queues=(self.prefix,), concurrency=self.workload.concurrency, shutdown_signals=False)
-        worker = Worker(self.app, config)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            try:
-                yield
-            finally:
-                worker.stop()
+        worker = Worker(self.app, config, middleware=self.worker_middleware())
+        async with in_background(worker.run, worker.stop, grace=10.0):
+            yield
 
     async def cleanup(self) -> None:
         if self.app is not None:

@@ -20,14 +20,16 @@ keys (a unique prefix), is cleaned up afterwards and is bounded by a timeout.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import socket
 import statistics
+import sys
 import time
 import traceback
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,6 +73,7 @@ class Recorder:
         self.count = 0
         self.target = size
         self.duplicates = 0
+        self.duplicated: list[int] = []  # the first few indices that started twice
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -89,6 +92,8 @@ class Recorder:
         """Job ``index`` started at ``when`` (monotonic seconds)."""
         if not math.isnan(self.starts[index]):
             self.duplicates += 1
+            if len(self.duplicated) < 10:
+                self.duplicated.append(index)
             return
         self.starts[index] = when
         self.count += 1
@@ -150,6 +155,39 @@ class System(ABC):
         """Delete everything this scenario created and close connections. Must not raise."""
 
 
+@asynccontextmanager
+async def in_background(
+    work: Callable[[], Coroutine[Any, Any, Any]], stop: Callable[[], Any] | None = None, grace: float = 5.0
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``work()`` while the block runs; then ``stop()``, and cancel it if it has not ended after ``grace`` s.
+
+    A peer's worker that ignores cancellation (a shielded wait in its shutdown) is abandoned after
+    a second ``grace`` with a warning, so it cannot stall the run.
+    """
+    task = asyncio.ensure_future(work())
+    try:
+        yield task
+    finally:
+        with anyio.CancelScope(shield=True):
+            if stop is not None and not task.done():
+                with anyio.move_on_after(grace):
+                    try:
+                        outcome = stop()
+                        if inspect.isawaitable(outcome):
+                            await outcome
+                    except (Exception, asyncio.CancelledError) as exc:  # shielded: never our own cancellation
+                        print(f"warning: stopping the worker failed: {exc!r}", file=sys.stderr)
+            for _ in range(2):
+                if task.done():
+                    break
+                await asyncio.wait({task}, timeout=grace)
+                task.cancel()
+            if not task.done():
+                print(f"warning: abandoned a worker that ignored cancellation ({work})", file=sys.stderr)
+            elif not task.cancelled() and task.exception() is not None:
+                print(f"warning: worker failed: {task.exception()!r}", file=sys.stderr)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-quantile (0..1) of ``values`` by linear interpolation."""
     ordered = sorted(values)
@@ -177,6 +215,7 @@ class Result:
     latency_p99: float | None = None
     latency_max: float | None = None
     duplicates: int = 0
+    duplicated: list[int] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -216,6 +255,7 @@ async def measure(system: System, broker: str, progress: Callable[[str, int, int
                 result.status += f" (cleanup failed: {exc})"
         result.seconds = time.monotonic() - began
         result.duplicates = rec.duplicates
+        result.duplicated = rec.duplicated
     return result
 
 
@@ -296,6 +336,7 @@ def summarize(runs: Sequence[Result]) -> Result:
     for name in ("enqueue_one", "enqueue_bulk", "drain", "latency_p50", "latency_p99", "latency_max"):
         setattr(out, name, med(name))
     out.duplicates = max(r.duplicates for r in runs)
+    out.duplicated = sorted({i for r in runs for i in r.duplicated})
     out.seconds = sum(r.seconds for r in runs)
     return out
 

@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-
-from benchmarks.core import System
+from benchmarks.core import System, in_background
 
 
 class TaskiqReceiver(System):
@@ -43,13 +41,8 @@ class TaskiqReceiver(System):
 
         receiver = Receiver(self.broker, max_async_tasks=self.workload.concurrency, run_startup=False)
         finish = asyncio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receiver.listen, finish)
-            try:
-                yield
-            finally:
-                finish.set()
-                tg.cancel_scope.deadline = anyio.current_time() + 5
+        async with in_background(lambda: receiver.listen(finish), finish.set):
+            yield
 
     async def cleanup(self) -> None:
         broker = getattr(self, "broker", None)

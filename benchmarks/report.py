@@ -219,14 +219,19 @@ def write_json(results: dict[str, list[Result]], workload: Workload, argv: Seque
         "results": {broker: [r.to_json() for r in rows] for broker, rows in results.items()},
         "targets": verdicts,
     }
-    path.write_text(json.dumps(doc, indent=2, default=_default))
+    path.write_text(json.dumps(_finite(doc), indent=2))
     return path
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by ``None`` (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(type(value).__name__)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 Progress = Callable[[str, int, int], None]

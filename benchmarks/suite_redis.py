@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from benchmarks.asyncjobs_system import AsyncJobsSystem
-from benchmarks.core import REDIS_URL, Recorder, System, Workload, port_open
+from benchmarks.core import REDIS_URL, Recorder, System, Workload, in_background, port_open
 from benchmarks.peers import TaskiqReceiver
 
 JOB_TIMEOUT = 60.0
@@ -181,10 +181,8 @@ class ArqPeer(System):
             keep_result=0,
             poll_delay=0.01,
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.main)
+        async with in_background(worker.main):  # its close() re-raises its jobs' cancellation
             yield
-            tg.cancel_scope.cancel()
 
     async def cleanup(self) -> None:
         pool = getattr(self, "pool", None)
@@ -219,14 +217,8 @@ class SaqPeer(System):
         from saq import Worker
 
         worker = Worker(self.queue, functions=[("noop", self._noop)], concurrency=self.workload.concurrency)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.start)
-            try:
-                yield
-            finally:
-                with anyio.move_on_after(5):
-                    await worker.stop()
-                tg.cancel_scope.cancel()
+        async with in_background(worker.start, worker.stop):
+            yield
 
     async def cleanup(self) -> None:
         queue = getattr(self, "queue", None)
