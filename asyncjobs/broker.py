@@ -20,7 +20,7 @@ plug in the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -64,7 +64,9 @@ class Delivery:
     longer current (the lease expired and the job went elsewhere) fails. ``delivery_count`` is 1
     on the first delivery of this body and grows with every redelivery after a lost lease or a
     crash (a retry scheduled by the runtime starts a new body at 1). ``job_id`` is ``None`` only
-    for a message whose id cannot be read. ``handle`` is private to the broker.
+    for a message whose id cannot be read. ``handle`` is private to the broker. ``headers`` are
+    the transport's own message headers when it has them (AMQP), as strings: a producer
+    instrumented outside asyncjobs puts its W3C ``traceparent`` there rather than in the envelope.
     """
 
     queue: str
@@ -73,6 +75,7 @@ class Delivery:
     token: str
     delivery_count: int = 1
     handle: Any = None
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

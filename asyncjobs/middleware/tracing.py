@@ -96,7 +96,9 @@ class TracingMiddleware(_Traced):
         if tracer is None:
             return await call_next(job)
         env = job.envelope
-        parent = propagate.extract(env.headers) if env.headers else _ROOT  # never the runner's ambient context
+        transport = job.delivery.headers  # AMQP headers: where an outside instrumented publisher puts it
+        carrier = transport if transport and "traceparent" not in env.headers else env.headers
+        parent = propagate.extract(carrier) if carrier else _ROOT  # never the runner's ambient context
         attributes: dict[str, str | int] = {
             "messaging.system": self.system,
             "messaging.operation.type": "process",
