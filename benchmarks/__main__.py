@@ -39,8 +39,13 @@ def suites() -> dict[str, list[type[System]]]:
 async def run_all(
     plan: dict[str, list[type[System]]], workload: Workload, repeat: int, console: Console, show_progress: bool
 ) -> dict[str, list[Result]]:
-    """Run every planned scenario ``repeat`` times, one after the other."""
-    results: dict[str, list[Result]] = {}
+    """Run every planned scenario ``repeat`` times.
+
+    Repeats are interleaved (each broker's scenarios in turn, then again), so a slow patch of the
+    machine spreads over all rows instead of biasing one.
+    """
+    runs: dict[tuple[str, str], list[Result]] = {}
+    skip: set[str] = set()
     total = sum(len(v) for v in plan.values()) * repeat
     with Progress(
         TextColumn("{task.description}"),
@@ -53,10 +58,11 @@ async def run_all(
     ) as progress:
         overall = progress.add_task("scenarios", total=total)
         for broker, systems in plan.items():
-            rows = results.setdefault(broker, [])
-            for cls in systems:
-                runs: list[Result] = []
-                for attempt in range(repeat):
+            for attempt in range(repeat):
+                for cls in systems:
+                    progress.advance(overall)
+                    if cls.key in skip:
+                        continue
                     name = f"{broker} / {cls.label}" + (f" (run {attempt + 1}/{repeat})" if repeat > 1 else "")
                     current = progress.add_task(name, total=workload.jobs)
 
@@ -66,17 +72,18 @@ async def run_all(
                     recorder = Recorder(workload.jobs + workload.paced)
                     system = cls(workload, recorder, new_prefix(cls.key))
                     result = await measure(system, broker, report)
-                    runs.append(result)
+                    runs.setdefault((broker, cls.key), []).append(result)
                     progress.remove_task(current)
-                    progress.advance(overall)
                     if not show_progress:
                         console.print(f"{name}: {result.status}, drain {result.drain or 0:,.0f} jobs/s")
                     del system, recorder
                     gc.collect()
                     if result.status.startswith("not available"):
-                        break
-                rows.append(summarize(runs))
-    return results
+                        skip.add(cls.key)
+    return {
+        broker: [summarize(runs[(broker, cls.key)]) for cls in systems if (broker, cls.key) in runs]
+        for broker, systems in plan.items()
+    }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -231,7 +231,7 @@ class DramatiqRabbitmq(_SyncProducer):
         import dramatiq
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        self.broker = RabbitmqBroker(url=AMQP_URL)
+        self.broker = RabbitmqBroker(url=AMQP_URL, confirm_delivery=self.confirm)
         recorder = self.recorder
 
         def noop(index: int) -> None:
@@ -241,6 +241,11 @@ class DramatiqRabbitmq(_SyncProducer):
 
     def send(self, index: int) -> None:
         self.actor.send(index)
+
+    @property
+    def confirm(self) -> bool:
+        """Whether the producer waits for publisher confirms."""
+        return False
 
     def close_producer(self) -> None:
         self.broker.connection.close()
@@ -261,6 +266,18 @@ class DramatiqRabbitmq(_SyncProducer):
         await super().cleanup()
         names = (self.prefix, f"{self.prefix}.DQ", f"{self.prefix}.XQ")
         await delete_amqp(self.prefix, queues=names)
+
+
+class DramatiqRabbitmqConfirmed(DramatiqRabbitmq):
+    """dramatiq with ``confirm_delivery=True``: its enqueue waits for the broker's confirm, like asyncjobs'."""
+
+    key = "dramatiq-rabbitmq-confirm"
+    label = "dramatiq (RabbitmqBroker, confirm_delivery=True)"
+    note = ""
+
+    @property
+    def confirm(self) -> bool:
+        return True
 
 
 class CeleryPeer(_SyncProducer):
@@ -350,4 +367,11 @@ class AsyncJobsRabbitmq(AsyncJobsSystem):
         await delete_amqp(self.prefix)
 
 
-SYSTEMS: list[type[System]] = [RawAioPika, TaskiqAioPika, DramatiqRabbitmq, CeleryPeer, AsyncJobsRabbitmq]
+SYSTEMS: list[type[System]] = [
+    RawAioPika,
+    TaskiqAioPika,
+    DramatiqRabbitmq,
+    DramatiqRabbitmqConfirmed,
+    CeleryPeer,
+    AsyncJobsRabbitmq,
+]
