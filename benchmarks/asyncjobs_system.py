@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from asyncjobs import App, Task
 from benchmarks.core import Recorder, System, Workload, in_background
 
 
@@ -22,23 +23,19 @@ class AsyncJobsSystem(System):
     def __init__(self, workload: Workload, recorder: Recorder, prefix: str, url: str) -> None:
         super().__init__(workload, recorder, prefix)
         self.url = url
-        self.app: Any = None
-        self.task: Any = None
+        self.app: App | None = None
+        self.task: Task[[int], None] | None = None
 
     async def check(self) -> str | None:
         try:
-            from asyncjobs import App
-
             app = App(self.url, default_queue=self.prefix)
             app.broker  # noqa: B018 - resolves the URL scheme to a broker class now
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         return None
 
-    def make_app(self) -> Any:
+    def make_app(self) -> App:
         """The app of this scenario (a hook for variants)."""
-        from asyncjobs import App
-
         return App(self.url, default_queue=self.prefix)
 
     def worker_middleware(self) -> list[Any]:
@@ -46,27 +43,31 @@ class AsyncJobsSystem(System):
         return []
 
     async def setup(self) -> None:
-        self.app = self.make_app()
+        app = self.app = self.make_app()
         recorder = self.recorder
 
-        @self.app.task(name="bench.noop")
+        @app.task(name="bench.noop")
         async def noop(index: int) -> None:
             recorder.mark(index)
 
         self.task = noop
-        await self.app.broker.connect()
+        await app.broker.connect()
 
     async def enqueue_one(self, index: int) -> None:
+        assert self.task is not None
         await self.task.enqueue(index)
 
     async def enqueue_bulk(self, indices: range) -> None:
-        await self.app.enqueue_many(self.task, [self.task.call(i) for i in indices])
+        task = self.task
+        assert self.app is not None and task is not None
+        await self.app.enqueue_many(task, [task.call(i) for i in indices])
 
     @asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
         from asyncjobs import Worker, WorkerConfig
 
         config = WorkerConfig(queues=(self.prefix,), concurrency=self.workload.concurrency, shutdown_signals=False)
+        assert self.app is not None
         worker = Worker(self.app, config, middleware=self.worker_middleware())
         async with in_background(worker.run, worker.stop, grace=10.0):
             yield

@@ -237,7 +237,7 @@ class DramatiqRabbitmq(_SyncProducer):
         def noop(index: int) -> None:
             recorder.mark_threadsafe(index)
 
-        self.actor = dramatiq.actor(noop, broker=self.broker, actor_name="noop", queue_name=self.prefix)
+        self.actor = dramatiq.actor(broker=self.broker, actor_name="noop", queue_name=self.prefix)(noop)
 
     def send(self, index: int) -> None:
         self.actor.send(index)

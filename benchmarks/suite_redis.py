@@ -91,10 +91,10 @@ class RawOneRoundTrip(_RawRedis):
         redis, ready, inflight = self.redis, self.ready, self.inflight
         while True:
             body = await redis.blmove(ready, inflight, 1, "RIGHT", "LEFT")
-            if body is None:
+            if not isinstance(body, bytes):
                 continue
             await self._run(body)
-            await redis.lrem(inflight, 1, body)
+            await redis.lrem(inflight, 1, body)  # type: ignore[arg-type]  # bytes are fine on the wire
 
     @asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
@@ -123,10 +123,10 @@ class RawBatched(_RawRedis):
     async def _fetch(self, buffer: asyncio.Queue[bytes]) -> None:
         redis, ready = self.redis, self.ready
         while True:
-            bodies = await redis.rpop(ready, 100)
+            bodies: list[bytes] = await redis.rpop(ready, 100) or []  # type: ignore[assignment]  # a list with a count
             if not bodies:
                 popped = await redis.brpop([ready], 1)
-                bodies = [popped[1]] if popped else []
+                bodies = [popped[1]] if popped else []  # type: ignore[list-item]  # bytes without decode_responses
             for body in bodies:
                 await buffer.put(body)
 
