@@ -60,8 +60,8 @@ async def run_all(
         for broker, systems in plan.items():
             for attempt in range(repeat):
                 for cls in systems:
-                    progress.advance(overall)
                     if cls.key in skip:
+                        progress.advance(overall)
                         continue
                     name = f"{broker} / {cls.label}" + (f" (run {attempt + 1}/{repeat})" if repeat > 1 else "")
                     current = progress.add_task(name, total=workload.jobs)
@@ -74,6 +74,7 @@ async def run_all(
                     result = await measure(system, broker, report)
                     runs.setdefault((broker, cls.key), []).append(result)
                     progress.remove_task(current)
+                    progress.advance(overall)
                     if not show_progress:
                         console.print(f"{name}: {result.status}, drain {result.drain or 0:,.0f} jobs/s")
                     del system, recorder

@@ -265,7 +265,9 @@ async def _phases(system: System, result: Result, progress: Callable[[str, int, 
     single = w.single if system.has_bulk else w.jobs
     progress("enqueue", 0, w.jobs)
     t0 = time.monotonic()
-    await system.enqueue_series(range(single))
+    for start in range(0, single, 500):
+        await system.enqueue_series(range(start, min(start + 500, single)))
+        progress("enqueue", min(start + 500, single), w.jobs)
     result.enqueue_one = rate(single, time.monotonic() - t0)
     if system.has_bulk:
         t0 = time.monotonic()
