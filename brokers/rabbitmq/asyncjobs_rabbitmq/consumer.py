@@ -71,6 +71,11 @@ class RabbitConsumer:
         self._acked_early: list[Delivery] = []  # acked while waiting for adoption
         self._windows: dict[AbstractChannel, AckWindow] = {}
         self._waiting: list[tuple[float, int, str, DeliveredMessage]] = []  # due soon: held here until due
+        # The last acks sent: an ack still unread by the server when its channel closes is lost, and
+        # at most ``prefetch`` per queue can be unread (an unread ack still takes a prefetch slot).
+        self._sent_acks: dict[str, tuple[bytes, AbstractChannel, int]] = {}
+        self._sent_order: deque[tuple[str, int]] = deque()
+        self._sent_limit = max(64, 2 * prefetch * len(queues))
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -122,6 +127,12 @@ class RabbitConsumer:
             if lease.channel.is_closed and not lease.settled and delivery.body == message.body:
                 await self._adopt(delivery, lease, message)
                 return
+        if self._ack_was_lost(job_id, message):  # it was done: ack it again instead of running it again
+            log.warning(
+                "job %s: its ack was lost with its channel; acking the redelivery, not running it again", job_id
+            )
+            await self._ack(Lease(message, self._names[queue], 0))
+            return
         self._inbox.append((queue, message))
         self._arrived.set()
 
@@ -293,7 +304,28 @@ class RabbitConsumer:
         except _CLOSED:
             return False
         self._window(lease.channel).settle([lease.tag])  # any prefix it completes was acked already
+        self._sent(lease)
         return True
+
+    def _sent(self, lease: Lease) -> None:
+        """Remember an ack until enough later ones went out that it must have been read."""
+        job_id = wire.job_id_of(lease.message)
+        if job_id is None:
+            return
+        seq = next(self._serial)
+        self._sent_acks[job_id] = (lease.message.body, lease.channel, seq)
+        self._sent_order.append((job_id, seq))
+        if len(self._sent_order) > self._sent_limit:
+            old, old_seq = self._sent_order.popleft()
+            if self._sent_acks.get(old, (b"", None, 0))[2] == old_seq:
+                del self._sent_acks[old]
+
+    def _ack_was_lost(self, job_id: str | None, message: DeliveredMessage) -> bool:
+        """Whether ``message`` is the redelivery of a job acked on a channel that closed before reading the ack."""
+        if job_id is None or not (redelivered(message) or wire.server_count_of(wire.headers_of(message))):
+            return False
+        sent = self._sent_acks.get(job_id)
+        return sent is not None and sent[1].is_closed and sent[0] == message.body
 
     async def _nack(self, lease: Lease) -> None:
         lease.settled = True
@@ -333,6 +365,7 @@ class RabbitConsumer:
                 continue
             for i in indexes:
                 results[i] = True
+                self._sent(deliveries[i].handle)
         return results
 
     async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:

@@ -253,3 +253,20 @@ def test_ack_window_acks_a_finished_run_with_one_frame_and_the_rest_one_by_one()
     assert window.settle([1]) == (2, []), "1 and the already acked 2 form the finished run"
     assert window.settle([3, 5]) == (5, [])
     assert not window.order and not window.done
+
+
+async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(broker: RabbitBroker) -> None:
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        # An ack the server never read: as if written just before the channel closed.
+        delivery.handle.settled = True
+        consumer._forget(delivery)
+        consumer._sent(delivery.handle)
+        await delivery.handle.channel.close()
+        await anyio.sleep(1.0)  # the channel reopens and the job comes back
+        assert await consumer.fetch(1, 0.3) == [], "a finished job is not run again"
+    finally:
+        await consumer.close()
+    assert (await broker.stats(Q)).ready == 0, "the redelivery was acked"
