@@ -21,7 +21,7 @@ from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
 from asyncjobs_rabbitmq import wire
 from asyncjobs_rabbitmq.consumer import RabbitConsumer
 from asyncjobs_rabbitmq.options import RabbitOptions
-from asyncjobs_rabbitmq.topology import DEAD_ARGUMENTS, Topology, bucket_for
+from asyncjobs_rabbitmq.topology import BUCKETS_MS, DEAD_ARGUMENTS, Topology, bucket_for
 from asyncjobs_rabbitmq.version import ServerInfo
 
 log = logging.getLogger(__name__)
@@ -193,12 +193,35 @@ class RabbitBroker:
         those of other processes, and every running job, are unacked and counted nowhere:
         ``in_flight`` counts this process's leases only, and ``oldest_ready_age`` is ``None``.
         """
-        ready, scheduled, dead = await (await self._ready()).counts(queue)
+        names = (await self._ready()).names(queue)
+        buckets = [names.bucket(ms) for ms in BUCKETS_MS]
+        ready, dead, *delayed = await self._message_counts([names.work, names.dead, *buckets])
+        scheduled = sum(delayed)
         in_flight = 0
         for consumer in self.consumers:
             buffered_ready, buffered_scheduled, held = consumer.local_counts(queue)
             ready, scheduled, in_flight = ready + buffered_ready, scheduled + buffered_scheduled, in_flight + held
         return QueueStats(ready=ready, scheduled=scheduled, in_flight=in_flight, dead=dead)
+
+    async def _message_counts(self, queues: Sequence[str]) -> list[int]:
+        """Messages waiting in each queue, 0 for one that does not exist; declares nothing."""
+        transport = self.connection.transport
+        if transport is None:
+            raise BrokerConnectionError("RabbitMQ connection is down (reconnecting)")
+        counts: list[int] = []
+        channel = await transport.connection.channel(publisher_confirms=False)
+        try:
+            for name in queues:
+                try:
+                    declared = await channel.queue_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:  # the server closed the channel with it
+                    counts.append(0)
+                    channel = await transport.connection.channel(publisher_confirms=False)
+                    continue
+                counts.append(int(declared.message_count or 0))
+        finally:
+            await channel.close()
+        return counts
 
     async def _browse(
         self, queue: str, visit: Callable[[DeliveredMessage], Awaitable[bool]], stop_after_hit: bool = False

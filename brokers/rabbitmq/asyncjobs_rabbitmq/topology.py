@@ -145,27 +145,11 @@ class Topology:
             await self.declare(name, bucket_arguments(self.options, names, ms))
         return name
 
-    async def counts(self, queue: str) -> tuple[int, int, int]:
-        """Ready, scheduled (in delay buckets) and dead message counts of ``queue``."""
-        names = await self.ensure(queue)
-        work = await self.declare(names.work, work_arguments(self.options, self.server, names))
-        dead = await self.declare(names.dead, DEAD_ARGUMENTS)
-        scheduled = 0
-        for ms in BUCKETS_MS:
-            bucket = await self.declare(names.bucket(ms), bucket_arguments(self.options, names, ms))
-            scheduled += _count(bucket)
-        return _count(work), scheduled, _count(dead)
-
     async def delete(self, queue: str) -> None:
         """Delete every RabbitMQ queue of ``queue`` (tests and tear-down; missing ones are fine)."""
         for name in self.names(queue).all():
             await self._channel.queue_delete(name)
             self._declared.discard(name)
-
-
-def _count(queue: aio_pika.abc.AbstractQueue) -> int:
-    result = queue.declaration_result
-    return int(result.message_count or 0) if result is not None else 0
 
 
 def _reason(exc: BaseException) -> str:
