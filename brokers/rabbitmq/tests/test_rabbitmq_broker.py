@@ -9,7 +9,7 @@ import anyio
 import pytest
 from asyncjobs_rabbitmq import RabbitBroker, RabbitConsumer, RabbitOptions, ServerInfo, wire
 from asyncjobs_rabbitmq.leases import AckWindow
-from asyncjobs_rabbitmq.topology import BUCKETS_MS, bucket_for
+from asyncjobs_rabbitmq.topology import BUCKETS_MS, Names, bucket_for, work_arguments
 
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob
 from asyncjobs.clock import monotonic, wall_time
@@ -270,3 +270,14 @@ async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(bro
     finally:
         await consumer.close()
     assert (await broker.stats(Q)).ready == 0, "the redelivery was acked"
+
+
+def test_work_queue_gets_a_per_queue_consumer_timeout_only_where_the_server_has_it() -> None:
+    options = RabbitOptions.from_url("amqp://h/?consumer_timeout=7200")
+    names = Names("", "jobs")
+    old = work_arguments(options, ServerInfo.from_properties({"version": "3.10.8"}), names)
+    new = work_arguments(options, ServerInfo.from_properties({"version": "3.12.0"}), names)
+    assert "x-consumer-timeout" not in old
+    assert new["x-consumer-timeout"] == 7_200_000
+    assert new["x-dead-letter-routing-key"] == "jobs.dead", "whatever the server dead-letters is kept"
+    assert new["x-dead-letter-strategy"] == "at-least-once"
