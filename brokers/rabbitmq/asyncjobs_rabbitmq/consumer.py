@@ -6,8 +6,8 @@ server requeues it with its redelivery count raised. So a lease here is *the cha
 delivery*: it holds while that channel is open, ``extend`` costs no round trip, and a delivery of
 a closed channel is never acked (the server already gave it back).
 
-One exception keeps a healthy long job from running twice on servers without a per-queue consumer
-timeout (before 3.12): when the server closes the channel because an ack is late, the deliveries
+One exception keeps a healthy long job from running twice when the server's consumer timeout is
+shorter than the job (always possible before 3.11.15, which has only the global setting): when the server closes the channel because an ack is late, the deliveries
 stay held for one lease length, and a redelivery of the same job that comes back to this
 consumer in that time is *adopted* as the running job's new lease instead of being run again.
 """
@@ -41,7 +41,7 @@ from asyncjobs_rabbitmq.leases import (
     earlier_deliveries,
     redelivered,
 )
-from asyncjobs_rabbitmq.topology import Names, bucket_for, work_arguments
+from asyncjobs_rabbitmq.topology import Names, bucket_for, consumer_arguments, work_arguments
 
 if TYPE_CHECKING:
     from asyncjobs_rabbitmq.broker import Outgoing, RabbitBroker
@@ -100,10 +100,10 @@ class RabbitConsumer:
             async def on_message(message: DeliveredMessage, queue: str = queue) -> None:
                 await self._arrive(queue, message)
 
-            await underlay.queue_declare(
-                names.work, durable=True, arguments=work_arguments(topology.options, topology.server, names)
+            await underlay.queue_declare(names.work, durable=True, arguments=work_arguments(topology.options, names))
+            await underlay.basic_consume(
+                names.work, on_message, no_ack=False, arguments=consumer_arguments(topology.options, topology.server)
             )
-            await underlay.basic_consume(names.work, on_message, no_ack=False)
 
     async def _on_reopen(self, *_: object) -> None:
         if self._closed:

@@ -21,8 +21,8 @@ class RabbitOptions:
 
     * ``queue_type``: ``quorum`` (default; replicated, counts deliveries) or ``classic``.
     * ``queue_prefix``: prepended to every queue name this broker declares (isolation of apps/tests).
-    * ``consumer_timeout``: seconds; declared as the per-queue ``x-consumer-timeout`` on servers
-      that support it (3.12 and later). Must exceed the longest job.
+    * ``consumer_timeout``: seconds; sent as the consumer's ``x-consumer-timeout`` on servers
+      that support it (3.11.15 and later). Must exceed the longest job.
     * ``connection_name``: shown by ``rabbitmqctl list_connections client_properties``.
     """
 

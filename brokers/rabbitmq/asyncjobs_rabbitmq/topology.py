@@ -71,12 +71,16 @@ def _replicated(queue_type: str, dead_letter_to: str) -> dict[str, Any]:
     return args
 
 
-def work_arguments(options: RabbitOptions, server: ServerInfo, names: Names) -> dict[str, Any]:
-    """Arguments of the work queue."""
-    args = _replicated(options.queue_type, names.dead)
-    if server.per_queue_consumer_timeout:
-        args["x-consumer-timeout"] = int(options.consumer_timeout * 1000)
-    return args
+def work_arguments(options: RabbitOptions, names: Names) -> dict[str, Any]:
+    """Arguments of the work queue (the consumer timeout is a consumer argument: changing it never conflicts)."""
+    return _replicated(options.queue_type, names.dead)
+
+
+def consumer_arguments(options: RabbitOptions, server: ServerInfo) -> dict[str, Any]:
+    """Arguments of ``basic.consume``: the consumer timeout where the server takes it."""
+    if server.consumer_timeout_argument:
+        return {"x-consumer-timeout": int(options.consumer_timeout * 1000)}
+    return {}
 
 
 def bucket_arguments(options: RabbitOptions, names: Names, ms: int) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class Topology:
         names = self.names(queue)
         if names.work not in self._declared:
             await self.declare(names.dead, DEAD_ARGUMENTS)
-            await self.declare(names.work, work_arguments(self.options, self.server, names))
+            await self.declare(names.work, work_arguments(self.options, names))
         return names
 
     async def ensure_bucket(self, queue: str, ms: int) -> str:

@@ -14,7 +14,7 @@ class ServerInfo:
     Feature flags are not visible over AMQP 0-9-1; the version stands in for them:
 
     * message TTL and at-least-once dead-lettering on quorum queues: 3.10 and later;
-    * per-queue consumer timeout (``x-consumer-timeout``): 3.12 and later;
+    * per-consumer and per-queue consumer timeout (``x-consumer-timeout``): 3.11.15 and later;
     * quorum queues get a default delivery limit of 20: 4.0 and later.
     """
 
@@ -39,9 +39,9 @@ class ServerInfo:
         )
 
     @property
-    def per_queue_consumer_timeout(self) -> bool:
-        """Whether queues accept ``x-consumer-timeout`` (otherwise only the global ``consumer_timeout``)."""
-        return self.version >= (3, 12, 0)
+    def consumer_timeout_argument(self) -> bool:
+        """Whether consumers and queues accept ``x-consumer-timeout`` (else only the global ``consumer_timeout``)."""
+        return self.version >= (3, 11, 15)
 
     @property
     def quorum_delays(self) -> bool:

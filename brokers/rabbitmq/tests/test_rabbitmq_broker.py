@@ -9,7 +9,7 @@ import anyio
 import pytest
 from asyncjobs_rabbitmq import RabbitBroker, RabbitConsumer, RabbitOptions, ServerInfo, wire
 from asyncjobs_rabbitmq.leases import AckWindow
-from asyncjobs_rabbitmq.topology import BUCKETS_MS, Names, bucket_for, work_arguments
+from asyncjobs_rabbitmq.topology import BUCKETS_MS, Names, bucket_for, consumer_arguments, work_arguments
 
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob
 from asyncjobs.clock import monotonic, wall_time
@@ -73,11 +73,11 @@ def test_url_options_are_parsed_and_bad_values_refused() -> None:
 def test_server_features_follow_the_reported_version() -> None:
     old = ServerInfo.from_properties({"version": b"3.10.8", "product": b"RabbitMQ"})
     assert old.version == (3, 10, 8)
-    assert not old.per_queue_consumer_timeout
+    assert not old.consumer_timeout_argument
     assert old.quorum_default_delivery_limit is None
     assert old.quorum_delays
     assert not ServerInfo.from_properties({"version": "3.9.29"}).quorum_delays
-    assert ServerInfo.from_properties({"version": "3.12.1"}).per_queue_consumer_timeout
+    assert ServerInfo.from_properties({"version": "3.12.1"}).consumer_timeout_argument
     assert ServerInfo.from_properties({"version": "4.0.2"}).quorum_default_delivery_limit == 20
     assert ServerInfo.from_properties(None).version == (0, 0, 0)
 
@@ -272,12 +272,12 @@ async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(bro
     assert (await broker.stats(Q)).ready == 0, "the redelivery was acked"
 
 
-def test_work_queue_gets_a_per_queue_consumer_timeout_only_where_the_server_has_it() -> None:
+def test_consumers_get_a_consumer_timeout_only_where_the_server_takes_it() -> None:
     options = RabbitOptions.from_url("amqp://h/?consumer_timeout=7200")
-    names = Names("", "jobs")
-    old = work_arguments(options, ServerInfo.from_properties({"version": "3.10.8"}), names)
-    new = work_arguments(options, ServerInfo.from_properties({"version": "3.12.0"}), names)
-    assert "x-consumer-timeout" not in old
-    assert new["x-consumer-timeout"] == 7_200_000
-    assert new["x-dead-letter-routing-key"] == "jobs.dead", "whatever the server dead-letters is kept"
-    assert new["x-dead-letter-strategy"] == "at-least-once"
+    old, new = (ServerInfo.from_properties({"version": v}) for v in ("3.11.14", "3.11.15"))
+    assert consumer_arguments(options, old) == {}
+    assert consumer_arguments(options, new) == {"x-consumer-timeout": 7_200_000}
+    args = work_arguments(options, Names("", "jobs"))
+    assert "x-consumer-timeout" not in args, "a queue argument would conflict when the option changes"
+    assert args["x-dead-letter-routing-key"] == "jobs.dead", "whatever the server dead-letters is kept"
+    assert args["x-dead-letter-strategy"] == "at-least-once"
