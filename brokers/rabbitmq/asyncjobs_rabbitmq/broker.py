@@ -36,6 +36,14 @@ Outgoing = tuple[str, bytes, Basic.Properties]
 """One message to publish: routing key (queue name), body, properties."""
 
 
+class UnroutableError(BrokerError):
+    """RabbitMQ returned messages because their queue does not exist; ``indexes`` says which."""
+
+    def __init__(self, message: str, indexes: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.indexes = list(indexes)
+
+
 class RabbitBroker:
     """A broker on RabbitMQ; one robust AMQP connection per instance (reconnects by itself).
 
@@ -152,12 +160,10 @@ class RabbitBroker:
             first = failed[0]
             if isinstance(first, asyncio.CancelledError) and not isinstance(first, aiormq.exceptions.AMQPError):
                 raise first
-            why = (
-                "returned unroutable"
-                if isinstance(first, aiormq.exceptions.PublishError)
-                else str(first) or repr(first)
-            )
-            raise BrokerError(f"RabbitMQ did not accept {len(failed)} of {len(messages)} messages: {why}")
+            unroutable = [i for i, r in enumerate(results) if isinstance(r, aiormq.exceptions.PublishError)]
+            why = "returned unroutable" if unroutable else str(first) or repr(first)
+            text = f"RabbitMQ did not accept {len(failed)} of {len(messages)} messages: {why}"
+            raise UnroutableError(text, unroutable) if len(unroutable) == len(failed) else BrokerError(text)
 
     async def route(self, queue: str, not_before: float | None) -> str:
         """The RabbitMQ queue to publish a job of ``queue`` due at ``not_before`` into."""
@@ -168,13 +174,25 @@ class RabbitBroker:
         return await topology.ensure_bucket(queue, ms)
 
     async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
-        """Publish every job persistently and wait for all confirms; ``unique_key`` is not enforced here."""
+        """Publish every job persistently and wait for all confirms; ``unique_key`` is not enforced here.
+
+        Jobs returned unroutable (their queue was deleted since this process declared it) are
+        published once more after declaring their queues again.
+        """
+        try:
+            await self.publish(await self._messages(jobs))
+        except UnroutableError as exc:
+            again = [jobs[i] for i in exc.indexes]
+            self.topology.forget({job.queue for job in again})
+            await self.publish(await self._messages(again))
+        return [True] * len(jobs)
+
+    async def _messages(self, jobs: Sequence[OutgoingJob]) -> list[Outgoing]:
         messages: list[Outgoing] = []
         for job in jobs:
             key = await self.route(job.queue, job.not_before)
             messages.append((key, job.body, wire.properties(job.id, wire.due_headers(job.not_before))))
-        await self.publish(messages)
-        return [True] * len(jobs)
+        return messages
 
     async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> RabbitConsumer:
         """A consumer on a channel of its own with ``basic.qos(prefetch)`` per queue."""

@@ -76,6 +76,8 @@ class RabbitConsumer:
         self._sent_acks: dict[str, tuple[bytes, AbstractChannel, int]] = {}
         self._sent_order: deque[tuple[str, int]] = deque()
         self._sent_limit = max(64, 2 * prefetch * len(queues))
+        self._tags: dict[str, str] = {}  # queue -> consumer tag
+        self._next_check = 0.0
 
     # -- subscription --------------------------------------------------------------------------
 
@@ -91,19 +93,38 @@ class RabbitConsumer:
         channel.reopen_callbacks.add(self._on_reopen)
         await self._subscribe()
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, queues: Sequence[str] | None = None) -> None:
+        """Consume ``queues`` (all by default) on the current channel, declaring them first."""
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
         topology = self._broker.topology
-        for queue, names in self._names.items():
+        for queue in self._queues if queues is None else queues:
+            names = self._names[queue]
 
             async def on_message(message: DeliveredMessage, queue: str = queue) -> None:
                 await self._arrive(queue, message)
 
             await underlay.queue_declare(names.work, durable=True, arguments=work_arguments(topology.options, names))
-            await underlay.basic_consume(
+            ok = await underlay.basic_consume(
                 names.work, on_message, no_ack=False, arguments=consumer_arguments(topology.options, topology.server)
             )
+            self._tags[queue] = ok.consumer_tag or ""
+
+    async def _check_subscriptions(self) -> None:
+        """Consume again a queue whose consumer the server cancelled (the queue was deleted), once a second."""
+        now = monotonic()
+        channel = self._channel
+        if now < self._next_check or channel is None or channel.is_closed:
+            return
+        self._next_check = now + 1.0
+        consumers = cast(aiormq.Channel, await channel.get_underlay_channel()).consumers
+        lost = [queue for queue in self._queues if self._tags.get(queue) not in consumers]
+        if lost:
+            log.warning("RabbitMQ cancelled the consumer of %s (queue deleted?); consuming again", ",".join(lost))
+            try:
+                await self._subscribe(lost)
+            except _CLOSED as exc:
+                log.error("could not consume %s again (%s); retrying", ",".join(lost), exc)
 
     async def _on_reopen(self, *_: object) -> None:
         if self._closed:
@@ -181,6 +202,7 @@ class RabbitConsumer:
         if self._acked_early:  # forget those whose redelivery did not come back in time
             self._acked_early = [d for d in self._acked_early if self._holds(d)]
         while not self._closed:
+            await self._check_subscriptions()
             self._release_due()
             moves: list[Move] = []
             while self._inbox and len(out) < max_count:
@@ -198,7 +220,7 @@ class RabbitConsumer:
             if not self._inbox:
                 if self._waiting:
                     remaining = min(remaining, max(self._waiting[0][0] - wall_time(), 0.0))
-                with anyio.move_on_after(remaining):
+                with anyio.move_on_after(min(remaining, 1.0)):  # 1 s: look at the subscriptions again
                     await self._arrived.wait()
         return out
 

@@ -149,6 +149,11 @@ class Topology:
             await self.declare(name, bucket_arguments(self.options, names, ms))
         return name
 
+    def forget(self, queues: set[str]) -> None:
+        """Declare these queues again on next use (they were deleted behind this process's back)."""
+        for queue in queues:
+            self._declared.difference_update(self.names(queue).all())
+
     async def delete(self, queue: str) -> None:
         """Delete every RabbitMQ queue of ``queue`` (tests and tear-down; missing ones are fine)."""
         for name in self.names(queue).all():

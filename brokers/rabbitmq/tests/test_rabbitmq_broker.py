@@ -281,3 +281,23 @@ def test_consumers_get_a_consumer_timeout_only_where_the_server_takes_it() -> No
     assert "x-consumer-timeout" not in args, "a queue argument would conflict when the option changes"
     assert args["x-dead-letter-routing-key"] == "jobs.dead", "whatever the server dead-letters is kept"
     assert args["x-dead-letter-strategy"] == "at-least-once"
+
+
+async def test_a_queue_deleted_under_a_running_app_is_declared_and_consumed_again(broker: RabbitBroker) -> None:
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        await broker.enqueue([job()])
+        [first] = await fetch_one(consumer)
+        assert await consumer.ack([first]) == [True]
+        work = broker.topology.names(Q).work
+        other = await broker.connection.channel()
+        await other.queue_delete(work)
+        await other.close()
+        await anyio.sleep(0.5)  # the server cancels the consumers of the deleted queue
+        later = job()
+        assert await broker.enqueue([later]) == [True], "the producer declares the queue again"
+        [second] = await fetch_one(consumer, within=5.0)
+        assert second.job_id == later.id, "the consumer consumes the new queue"
+        assert await consumer.ack([second]) == [True]
+    finally:
+        await consumer.close()
