@@ -17,6 +17,7 @@ from asyncjobs.broker import OutgoingJob
 from asyncjobs.dedupe import MemoryDedupeStore
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
 from asyncjobs.task import CallOptions
+from tests.harness import require_server
 from tests.runtime.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -110,3 +111,49 @@ async def test_a_duplicate_of_a_running_job_waits_then_is_skipped_on_every_broke
         release.set()
         await eventually(lambda: worker.stats.done == 1 and worker.stats.skipped == 1, within=15)
     assert runs == [1]
+
+
+async def test_a_job_published_by_an_instrumented_aio_pika_producer_continues_its_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """A publisher outside asyncjobs puts ``traceparent`` in the AMQP headers (as
+    opentelemetry-instrumentation-aio-pika does) and none in the envelope: the worker continues it."""
+    require_server("rabbitmq")
+    aio_pika = pytest.importorskip("aio_pika")
+    pytest.importorskip("asyncjobs_rabbitmq")
+    from opentelemetry import propagate
+
+    from tests.harness.rabbitmq import URL, rabbitmq_harness
+
+    async with rabbitmq_harness(f"t{uuid.uuid4().hex[:12]}") as broker:
+        queue = f"q{uuid.uuid4().hex[:8]}"
+        app = App(broker, default_queue=queue)
+
+        @app.task(name="from_outside")
+        async def from_outside() -> None:
+            pass
+
+        env = app.build(from_outside.spec, CallOptions(), (), {})
+        assert not env.headers
+        async with working(app, TracingMiddleware(provider)) as worker:  # declares the queue
+            await eventually(lambda: worker.ready.is_set())
+            amqp_queue = broker.topology.names(queue).work  # type: ignore[attr-defined]
+            connection = await aio_pika.connect(URL)
+            try:
+                channel = await connection.channel()
+                tracer = provider.get_tracer("outside-publisher")
+                with tracer.start_as_current_span("orders publish", kind=SpanKind.PRODUCER) as publish:
+                    headers: dict[str, str] = {}
+                    propagate.inject(headers)
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(env.encode(), headers=headers, message_id=env.id), routing_key=amqp_queue
+                    )
+            finally:
+                await connection.close()
+            await eventually(lambda: worker.stats.done == 1)
+            await eventually(lambda: any(s.kind == SpanKind.CONSUMER for s in exporter.get_finished_spans()))
+    [process] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert process.parent is not None
+    assert process.context is not None
+    assert process.context.trace_id == publish.get_span_context().trace_id
+    assert process.parent.span_id == publish.get_span_context().span_id

@@ -256,6 +256,7 @@ class RabbitConsumer:
             token=self._token(message),
             delivery_count=prior + 1,
             handle=Lease(message, names, prior),
+            headers=wire.trace_headers_of(wire.headers_of(message)),
         )
         self._held.setdefault(delivery.job_id or "", []).append(delivery)
         return delivery

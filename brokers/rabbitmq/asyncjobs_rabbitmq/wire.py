@@ -43,6 +43,21 @@ def headers_of(message: DeliveredMessage) -> dict[str, Any]:
     return message.header.properties.headers or {}
 
 
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def trace_headers_of(headers: dict[str, Any]) -> dict[str, str] | None:
+    """W3C trace context an instrumented publisher put in the AMQP headers (e.g. OpenTelemetry's aio-pika one)."""
+    found: dict[str, str] = {}
+    for name in TRACE_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str):
+            found[name] = value
+    return found or None
+
+
 def job_id_of(message: DeliveredMessage) -> str | None:
     """The job id: the AMQP ``message_id``, else the envelope's ``id``."""
     return message.header.properties.message_id or peek_id(message.body)
