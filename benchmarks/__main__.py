@@ -120,6 +120,7 @@ async def run_all(
 @click.option(
     "--json/--no-json", "write", default=True, show_default=True, help="Write results to benchmarks/results/."
 )
+@click.option("--plot", is_flag=True, help="Also save a PNG chart beside the JSON (needs matplotlib).")
 @click.option("--list", "list_only", is_flag=True, help="List the scenario keys and exit.")
 def main(
     brokers: tuple[str, ...],
@@ -132,6 +133,7 @@ def main(
     timeout: float,
     progress: bool,
     write: bool,
+    plot: bool,
     list_only: bool,
 ) -> None:
     """Throughput and enqueue->start latency of asyncjobs beside raw loops and peer job runtimes."""
@@ -159,6 +161,13 @@ def main(
     if write:
         path = write_json(results, workload, sys.argv[1:])
         console.print(f"results written to {path}")
+    if plot:
+        from benchmarks.plot import plot as draw
+        from benchmarks.report import RESULTS_DIR
+
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        picture = draw(results, RESULTS_DIR / f"{path.stem if write else 'latest'}.png")
+        console.print(f"chart written to {picture}" if picture else "no chart: matplotlib is not installed")
 
 
 if __name__ == "__main__":

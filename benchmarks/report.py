@@ -69,7 +69,20 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "rabbitmq", "enqueue beats every peer (fastest way of each)", "asyncjobs-rabbitmq", "enqueue", 1.0, "each peer"
     ),
-    Target("tracing", "drain with tracing, no SDK >= 0.95x without", "tracing-on", "drain", 0.95, "tracing-off"),
+    Target(
+        "tracing", "drain, defaults without SDK >= 0.95x no tracing code", "tracing-off", "drain", 0.95, "tracing-none"
+    ),
+    Target(
+        "tracing",
+        "enqueue, defaults without SDK >= 0.95x no tracing code",
+        "tracing-off",
+        "enqueue",
+        0.95,
+        "tracing-none",
+    ),
+    Target(
+        "tracing", "drain, explicit TracingMiddleware without SDK >= 0.95x", "tracing-on", "drain", 0.95, "tracing-none"
+    ),
 )
 
 

@@ -1,30 +1,46 @@
-"""Tracing overhead on ``memory://``: the cost of the tracing layer when no OpenTelemetry SDK is configured.
+"""Tracing overhead on ``memory://``: the cost of the tracing layers when no OpenTelemetry SDK is configured.
 
-Three rows of the same asyncjobs workload:
+Four rows of the same asyncjobs workload:
 
-* ``tracing-off``: the defaults. With no SDK tracer provider the worker leaves the tracing layer
-  out and the producer layer returns at once.
+* ``tracing-none``: no tracing code at all: the app's built-in producer tracing layer is taken
+  out of ``app.producer_middleware`` and the worker has no tracing layer (the reference).
+* ``tracing-off``: the defaults with no SDK configured: the producer layer is there and returns
+  at once, the worker leaves its tracing layer out. Target: within 5% of ``tracing-none``.
 * ``tracing-on``: a ``TracingMiddleware`` put in the worker's chain explicitly (as an application
-  that always adds it would), still with no SDK configured: the layer runs for every job and
-  finds no tracer. Target: within 5% of ``tracing-off``.
-* ``tracing-sdk``: the SDK's ``TracerProvider`` (no exporter) given to both the producer and the
-  consumer layer: the price of spans that are really created, for reference.
+  that always adds it would), still with no SDK: the layer runs for every job and finds no tracer.
+* ``tracing-sdk``: the SDK's ``TracerProvider`` (no exporter) given to both layers: the price of
+  spans that are really created, for reference.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from asyncjobs import App
 from benchmarks.core import System
 from benchmarks.suite_memory import AsyncJobsMemory
 
 
+class TracingNone(AsyncJobsMemory):
+    """No tracing code at all: the built-in producer layer removed, none in the worker."""
+
+    key = "tracing-none"
+    label = "asyncjobs memory://, tracing layers removed"
+    role = "ceiling"
+
+    def make_app(self) -> App:
+        from asyncjobs.middleware.tracing import TracingProducerMiddleware
+
+        app = super().make_app()
+        app.producer_middleware = [m for m in app.producer_middleware if not isinstance(m, TracingProducerMiddleware)]
+        return app
+
+
 class TracingOff(AsyncJobsMemory):
-    """asyncjobs defaults, no SDK: the tracing layer is left out of the worker's chain."""
+    """asyncjobs defaults, no SDK: the producer layer returns at once, the worker leaves its layer out."""
 
     key = "tracing-off"
-    label = "asyncjobs memory://, no SDK (defaults)"
-    role = "ceiling"
+    label = "defaults, no SDK configured"
 
 
 class TracingPresent(AsyncJobsMemory):
@@ -46,10 +62,9 @@ class TracingSdk(AsyncJobsMemory):
     label = "+ SDK TracerProvider (no exporter), for reference"
     note = "the SDK provider is passed to the layers, never installed globally"
 
-    def make_app(self) -> Any:
+    def make_app(self) -> App:
         from opentelemetry.sdk.trace import TracerProvider
 
-        from asyncjobs import App
         from asyncjobs.middleware.tracing import TracingProducerMiddleware
 
         self.provider = TracerProvider()
@@ -72,4 +87,4 @@ class TracingSdk(AsyncJobsMemory):
         return await super().check()
 
 
-SYSTEMS: list[type[System]] = [TracingOff, TracingPresent, TracingSdk]
+SYSTEMS: list[type[System]] = [TracingNone, TracingOff, TracingPresent, TracingSdk]
