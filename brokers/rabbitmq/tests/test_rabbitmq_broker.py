@@ -233,12 +233,14 @@ async def test_many_delayed_jobs_hop_buckets_together_and_none_is_early(broker: 
     consumer = await broker.consumer([Q], prefetch=400, lease_seconds=30)
     try:
         got: list[str | None] = []
-        deadline = monotonic() + 8.0
+        deadline = monotonic() + 30.0  # bucket expiry on a loaded server can lag; late is allowed, lost or early is not
         while len(got) < len(sent) and monotonic() < deadline:
             batch = await consumer.fetch(400, 0.3)
             assert wall_time() >= due or not batch, "a delayed job came out early"
             got += [d.job_id for d in batch]
             assert all(await consumer.ack(batch))
+        missing = {j.id for j in sent} - set(got)
+        assert not missing, f"{len(missing)} delayed jobs not delivered in 30 s; stats: {await broker.stats(Q)}"
         assert sorted(g or "" for g in got) == sorted(j.id for j in sent)
     finally:
         await consumer.close()
