@@ -82,7 +82,7 @@ class Worker:
 
     def _cancel_reason(self, job: Job) -> str | None:
         """Why the worker cancelled ``job``: ``lease_lost``, ``shutdown``, or ``None`` (it did not)."""
-        held = self.keeper.held.get(job.delivery) if self.keeper is not None else None
+        held = job.held
         if held is None:
             return None
         return "lease_lost" if held.lost else "shutdown" if held.stopping else None
