@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -256,7 +256,7 @@ async def measure(
     runs: int = 1,
     concurrency: int = 1,
     limit: float | None = None,
-    on_done: Any = None,
+    on_done: Callable[[], object] | None = None,
 ) -> Measured:
     """Run ``spec``'s handler ``runs`` times per sample, ``concurrency`` at a time, timing each run.
 
