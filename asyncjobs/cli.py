@@ -428,7 +428,9 @@ def size(
     app = load_app(app_target)
     spec = app.tasks.get(task_name)
     if spec is None:
-        raise click.ClickException(f"no task named {task_name!r} in {app_target} (tasks: {', '.join(sorted(app.tasks))})")
+        raise click.ClickException(
+            f"no task named {task_name!r} in {app_target} (tasks: {', '.join(sorted(app.tasks))})"
+        )
     if (payloads is None) == (durations is None):
         raise click.UsageError("give exactly one of --payloads (run the handler) or --durations (recorded)")
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +34,14 @@ class Held:
     """One lease this worker holds, and the cancel scope of the handler running under it.
 
     ``running`` is true from the moment a runner takes the job until its outcome is known;
-    ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs.
+    ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs,
+    and ``deadline`` the event-loop time at which it is cancelled for taking too long.
     """
 
     delivery: Delivery
     confirmed_until: float
     scope: anyio.CancelScope | None = None
+    deadline: float = math.inf
     running: bool = False
     task: str = "?"
     attempt: int = 0
@@ -80,9 +84,11 @@ class LeaseKeeper:
         held = self.held[delivery] = Held(delivery, monotonic() + self._lease)
         return held
 
-    def remove(self, held: Held) -> None:
-        """Stop keeping a lease (settled, released or lost)."""
-        self.held.pop(held.delivery, None)
+    def remove(self, helds: Iterable[Held]) -> None:
+        """Stop keeping these leases (settled, released or lost)."""
+        forget = self.held.pop
+        for held in helds:
+            forget(held.delivery, None)
 
     async def run(self) -> None:
         """Beat every ``interval`` seconds until cancelled (no-op loop when heartbeats are off)."""
@@ -127,6 +133,13 @@ class LeaseKeeper:
         held.cancel()
 
 
+@dataclass(slots=True)
+class Slot:
+    """What one runner task is running now (``None`` between jobs)."""
+
+    held: Held | None = None
+
+
 class StallDetector:
     """Notices when the event loop is blocked and names the job whose code blocked it.
 
@@ -137,11 +150,23 @@ class StallDetector:
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.jobs: dict[asyncio.Task[Any], Held] = {}
+        self.slots: dict[asyncio.Task[Any], Slot] = {}
         self.stalls = 0
         self._tick = monotonic()
         self._stop = threading.Event()
         self._culprit: str | None = None
+
+    def slot(self, task: asyncio.Task[Any] | None) -> Slot:
+        """The slot in which the runner ``task`` shows the job it is running (set per job: no dict write)."""
+        slot = Slot()
+        if task is not None:
+            self.slots[task] = slot
+        return slot
+
+    @property
+    def jobs(self) -> dict[asyncio.Task[Any], Held]:
+        """The job each runner task is running now."""
+        return {task: slot.held for task, slot in self.slots.items() if slot.held is not None}
 
     async def run(self) -> None:
         """Refresh the timestamp until cancelled, with the watchdog thread running alongside."""
@@ -176,5 +201,6 @@ class StallDetector:
         while not self._stop.wait(self.threshold / 4):
             if monotonic() - self._tick > self.threshold and self._culprit is None:
                 task = asyncio.current_task(loop)
-                held = self.jobs.get(task) if task is not None else None
+                slot = self.slots.get(task) if task is not None else None
+                held = slot.held if slot is not None else None
                 self._culprit = held.describe() if held else (f"task {task.get_name()}" if task else None)

@@ -182,17 +182,17 @@ class MemoryBroker:
         with anyio.move_on_after(seconds):
             await self._wakeup.wait()
 
-    def _held(self, delivery: Delivery) -> _Stored | None:
+    def _held(self, delivery: Delivery, now: float | None = None) -> _Stored | None:
         stored = self._jobs.get(delivery.handle)
-        if stored is None or stored.token != delivery.token or stored.deadline <= monotonic():
+        if stored is None or stored.token != delivery.token or stored.deadline <= (now or monotonic()):
             return None
         return stored
 
-    def _settle(self, delivery: Delivery) -> _Stored | None:
-        stored = self._held(delivery)
+    def _settle(self, delivery: Delivery, now: float | None = None) -> _Stored | None:
+        stored = self._held(delivery, now)
         if stored is not None:
             del self._jobs[delivery.handle]
-            self._queue(stored.queue).in_flight -= 1
+            self._queues[stored.queue].in_flight -= 1
         return stored
 
     async def stats(self, queue: str) -> QueueStats:
@@ -284,7 +284,12 @@ class MemoryConsumer:
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove finished jobs."""
-        return [self._settled(d) is not None for d in deliveries]
+        now, forget, settle = monotonic(), self._held.pop, self._broker._settle
+        results = []
+        for delivery in deliveries:
+            forget(delivery.handle, None)
+            results.append(settle(delivery, now) is not None)
+        return results
 
     async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
         """Swap the leased job for its next attempt."""

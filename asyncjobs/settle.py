@@ -82,10 +82,11 @@ class AckBatcher:
     """Groups the acks of jobs that finished close together into one broker call.
 
     ``push`` returns at once, so a runner goes on to its next job while the ack is in flight; the
-    lease stays held (and heartbeated) until the broker has answered, then ``on_acked`` is told.
+    lease stays held (and heartbeated) until the broker has answered, then ``on_acked`` is told
+    about the whole batch.
     """
 
-    def __init__(self, consumer: Consumer, on_acked: Callable[[Held, bool], None]) -> None:
+    def __init__(self, consumer: Consumer, on_acked: Callable[[list[Held], list[bool]], None]) -> None:
         self._consumer = consumer
         self._on_acked = on_acked
         self._pending: list[Held] = []
@@ -93,8 +94,9 @@ class AckBatcher:
 
     def push(self, held: Held) -> None:
         """Ack ``held`` in the next batch."""
+        if not self._pending:
+            self._wakeup.set()
         self._pending.append(held)
-        self._wakeup.set()
 
     async def run(self) -> None:
         """Flush pending acks, one batch at a time, until cancelled."""
@@ -115,7 +117,9 @@ class AckBatcher:
                 return await self._consumer.ack([h.delivery for h in batch])
             except RETRYABLE as exc:
                 if monotonic() + delay >= min(h.confirmed_until for h in batch):
-                    log.error("ack of %d jobs failed (%s) until their leases ran out; they will run again", len(batch), exc)
+                    log.error(
+                        "ack of %d jobs failed (%s) until their leases ran out; they will run again", len(batch), exc
+                    )
                     return [False] * len(batch)
                 log.warning("ack of %d jobs failed (%s); retrying in %.2fs", len(batch), exc, delay)
                 await anyio.sleep(delay)
@@ -128,28 +132,28 @@ class AckBatcher:
         """Send every pending ack now."""
         while self._pending:
             batch, self._pending = self._pending, []
-            results = await self._ack(batch)
-            for held, ok in zip(batch, results, strict=True):
-                self._on_acked(held, ok)
+            self._on_acked(batch, await self._ack(batch))
 
 
 class Settler:
     """Turns outcomes into broker operations, counts them, and frees the lease slot afterwards."""
 
-    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Held], None]) -> None:
+    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Sequence[Held]], None]) -> None:
         self._consumer = consumer
         self._free = free
         self.stats = stats
         self.acks = AckBatcher(consumer, self._acked)
 
-    def _acked(self, held: Held, ok: bool) -> None:
-        self._free(held)
-        if not ok:
-            self._lost(held, held.outcome)
-        elif held.outcome == "done":
-            self.stats.done += 1
-        else:
-            self.stats.skipped += 1
+    def _acked(self, batch: list[Held], results: list[bool]) -> None:
+        self._free(batch)
+        stats = self.stats
+        for held, ok in zip(batch, results, strict=True):
+            if not ok:
+                self._lost(held, held.outcome)
+            elif held.outcome == "done":
+                stats.done += 1
+            else:
+                stats.skipped += 1
 
     def _lost(self, held: Held, what: str) -> None:
         self.stats.lease_lost += 1
@@ -169,7 +173,7 @@ class Settler:
         except Exception as exc:  # the broker failed: the lease will expire and the job return
             log.error("%s: could not settle (%s: %s); it will run again", held.describe(), outcome.kind, exc)
             ok = True
-        self._free(held)
+        self._free((held,))
         if not ok:
             self._lost(held, outcome.kind)
 
@@ -212,4 +216,4 @@ class Settler:
                 self.stats.released += 1
             except Exception as exc:
                 log.error("could not release %s (%s); it returns when its lease expires", held.describe(), exc)
-        self._free(held)
+        self._free((held,))

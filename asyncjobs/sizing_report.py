@@ -50,9 +50,7 @@ def report(console: Console, task: str, measured: sizing.Measured, settings: siz
     for column in ("mean", "p50", "p95", "p99", "max", "worst loop stall", "failed runs"):
         table.add_column(column, justify="right")
     failed = ", ".join(f"{name} x{count}" for name, count in sorted(measured.errors.items())) or "0"
-    table.add_row(
-        _s(dist.mean), _s(dist.p50), _s(dist.p95), _s(dist.p99), _s(dist.max), _s(measured.max_stall), failed
-    )
+    table.add_row(_s(dist.mean), _s(dist.p50), _s(dist.p95), _s(dist.p99), _s(dist.max), _s(measured.max_stall), failed)
     console.print(table)
 
     rec = sizing.recommend(dist, max_stall=measured.max_stall)

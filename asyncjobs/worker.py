@@ -9,7 +9,6 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -42,7 +41,52 @@ async def invoke(job: Job) -> Outcome:
         call = job.spec.fn(*env.args, **env.kwargs)  # an async def binds its arguments here, runs nothing
     except TypeError as exc:
         raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
-    return Outcome("done", result=await call)
+    return Outcome("done", "ok", None, 0.0, await call)
+
+
+class Waiters:
+    """Tasks parked until woken: one at a time (:meth:`wake_one`) or all together.
+
+    Cheaper than an event on the hot path: waking costs nothing when nobody waits, and waking one
+    runner per batch of jobs, rather than all of them, spares the rest a pointless trip round the loop.
+    """
+
+    __slots__ = ("_parked", "_woken")
+
+    def __init__(self) -> None:
+        self._parked: deque[asyncio.Future[bool]] = deque()
+        self._woken = 0  # woken by wake_one and not yet running again
+
+    def __bool__(self) -> bool:
+        return bool(self._parked)
+
+    async def wait(self) -> None:
+        """Park until woken (or cancelled)."""
+        parked = asyncio.get_running_loop().create_future()
+        self._parked.append(parked)
+        try:
+            await parked
+        finally:
+            if parked.done() and not parked.cancelled() and parked.result():
+                self._woken -= 1
+            elif not parked.done():
+                parked.cancel()
+
+    def wake_one(self) -> None:
+        """Make sure one parked task is on its way: wake one, unless one woken this way has not run yet."""
+        parked = self._parked
+        while parked and not self._woken:
+            waiter = parked.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                self._woken += 1
+
+    def wake_all(self) -> None:
+        """Wake every parked task."""
+        parked, self._parked = self._parked, deque()
+        for waiter in parked:
+            if not waiter.done():
+                waiter.set_result(False)
 
 
 class Worker:
@@ -67,8 +111,8 @@ class Worker:
         self._stopping: anyio.Event | None = None
         self._drain_over: anyio.Event | None = None
         self._buffer: deque[Held] = deque()  # fetched, leased, not started yet
-        self._work = anyio.Event()  # set when the buffer got jobs or fetching ended
-        self._room = anyio.Event()  # set when a lease slot was freed
+        self._idle = Waiters()  # runners waiting for the buffer to get jobs (or fetching to end)
+        self._room = Waiters()  # the fetch loop, waiting for a lease slot to free up (or a stop)
         self._fetch_over = False
         self.keeper: LeaseKeeper | None = None
         self._runners: anyio.CancelScope | None = None
@@ -97,7 +141,7 @@ class Worker:
         self._stop_requests += 1
         if self._stopping is not None:
             self._stopping.set()
-            self._room.set()
+            self._room.wake_all()
             if self._stop_requests > 1 and self._drain_over is not None:
                 self._drain_over.set()
 
@@ -105,7 +149,7 @@ class Worker:
         """Work until :meth:`stop` is called or a shutdown signal arrives; return the counts."""
         self.config.check_tasks(self.app.tasks.values())
         self._stopping, self._drain_over = anyio.Event(), anyio.Event()
-        self._work, self._room, self._fetch_over = anyio.Event(), anyio.Event(), False
+        self._idle, self._room, self._fetch_over = Waiters(), Waiters(), False
         if self._stop_requests:
             self._stopping.set()
         await self.broker.connect()
@@ -149,15 +193,12 @@ class Worker:
         for held in [h for h in keeper.held.values() if not h.settling and not h.lost]:
             await settler.release(held)
 
-    def _free(self, held: Held) -> None:
-        """A lease slot is free again (its job was settled, given back or lost)."""
+    def _free(self, helds: Sequence[Held]) -> None:
+        """Lease slots are free again (their jobs were settled, given back or lost)."""
         assert self.keeper is not None
-        self.keeper.remove(held)
-        self._room.set()
-
-    def _wake_runners(self) -> None:
-        self._work.set()
-        self._work = anyio.Event()
+        self.keeper.remove(helds)
+        if self._room:
+            self._room.wake_all()
 
     async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -178,8 +219,7 @@ class Worker:
             while not stopping.is_set():
                 free = most - len(keeper.held)
                 if free <= 0 or (free < batch and self._buffer):  # runners still have work: let slots add up
-                    self._room = anyio.Event()
-                    await self._room.wait()  # set when a slot frees or a stop is asked for
+                    await self._room.wait()  # woken when a slot frees or a stop is asked for
                     continue
                 try:
                     deliveries = await consumer.fetch(free, wait)
@@ -192,10 +232,10 @@ class Worker:
                 backoff = _FETCH_BACKOFF[0]
                 if deliveries:
                     self._buffer.extend(keeper.add(d) for d in deliveries)  # kept alive from now on
-                    self._wake_runners()
+                    self._idle.wake_one()  # it passes the baton on if more jobs wait (see _runner)
         finally:
             self._fetch_over = True
-            self._wake_runners()
+            self._idle.wake_all()
 
     async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
         assert self._stopping is not None
@@ -220,71 +260,83 @@ class Worker:
     async def _runner(self, settler: Settler) -> None:
         assert self._stopping is not None
         task = asyncio.current_task()
-        buffer, stopping = self._buffer, self._stopping
-        while True:
-            if not buffer:
-                if self._fetch_over:
-                    return
-                await self._work.wait()
-                continue
-            held = buffer.popleft()
-            if held.lost:
-                self.stats.lease_lost += 1
-                self._free(held)
-            elif stopping.is_set():
-                await settler.release(held)
-            else:
-                await self._run_one(held, settler, task)
+        slot = self.stall.slot(task)
+        buffer, idle = self._buffer, self._idle
+        try:
+            while True:
+                if not buffer:
+                    if self._fetch_over:
+                        return
+                    await idle.wait()
+                    continue
+                held = buffer.popleft()
+                if buffer:  # pass the baton: another runner takes the next job if this one blocks
+                    idle.wake_one()
+                if held.lost:
+                    self.stats.lease_lost += 1
+                    self._free((held,))
+                elif self._stop_requests:
+                    await settler.release(held)
+                else:
+                    slot.held = held
+                    try:
+                        result = await self._run_one(held)
+                    finally:
+                        slot.held = None
+                    outcome = result[0]
+                    if outcome is not None and (outcome.kind == "done" or outcome.kind == "skipped") and not held.lost:
+                        held.settling = True  # the common case: acked in the next batch, no await
+                        held.outcome = outcome.kind
+                        settler.acks.push(held)
+                    else:
+                        await self._settle(held, result, settler)
+        finally:
+            if task is not None:
+                self.stall.slots.pop(task, None)
 
-    async def _run_one(self, held: Held, settler: Settler, task: asyncio.Task[Any] | None) -> None:
+    async def _run_one(self, held: Held) -> tuple[Outcome | None, Envelope | None, float]:
+        """Decode and run one job: its outcome (``None`` when it was interrupted), envelope and start time."""
         delivery = held.delivery
         started = wall_time()
-        env: Envelope | None = None
-        outcome: Outcome | None = None
-        if task is not None:
-            self.stall.jobs[task] = held
         held.running = True
         try:
             env = decode(delivery.body)
         except EnvelopeError as exc:
-            outcome = Outcome("dead", "malformed", exc)
-        else:
-            held.task, held.attempt = env.task, env.attempt + delivery.delivery_count - 1
-            try:
-                outcome = await self._attempt(held, env, started)
-            except Interrupted:
-                outcome = None
+            held.running = False
+            return Outcome("dead", "malformed", exc), None, started
+        try:
+            attempt = env.attempt + delivery.delivery_count - 1
+            held.task, held.attempt = env.task, attempt
+            spec = self.app.tasks.get(env.task)
+            if spec is None:
+                unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
+                return Outcome("dead", "unknown_task", unknown), env, started
+            job = Job(env, delivery, spec, attempt, started, held=held)
+            if attempt > job.max_attempts:
+                error = AsyncJobsError(
+                    f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
+                    f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
+                )
+                return Outcome("dead", "max_attempts", error), env, started
+            return await self._chain(job), env, started
+        except Interrupted:
+            return None, env, started
         finally:
             held.running = False
-            if task is not None:
-                self.stall.jobs.pop(task, None)
+
+    async def _settle(
+        self, held: Held, result: tuple[Outcome | None, Envelope | None, float], settler: Settler
+    ) -> None:
+        outcome, env, started = result
         if held.lost:  # the job may run elsewhere now: never settle it here
             self.stats.lease_lost += 1
-            self._free(held)
+            self._free((held,))
         elif outcome is None:  # cancelled by shutdown before an outcome: give it back now
             await settler.release(held)
-        elif outcome.kind in ("done", "skipped"):
-            held.settling = True
-            held.outcome = outcome.kind
-            settler.acks.push(held)  # the common case: no await, no shield needed
         else:
             held.settling = True
             with anyio.CancelScope(shield=True):
                 await settler.settle(held, env, outcome, started)
-
-    async def _attempt(self, held: Held, env: Envelope, started: float) -> Outcome:
-        spec = self.app.tasks.get(env.task)
-        if spec is None:
-            return Outcome("dead", "unknown_task", UnknownTaskError(f"no task named {env.task!r} is registered"))
-        delivery, attempt = held.delivery, held.attempt
-        job = Job(env, delivery, spec, attempt, started, held=held)
-        if attempt > job.max_attempts:
-            error = AsyncJobsError(
-                f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
-                f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
-            )
-            return Outcome("dead", "max_attempts", error)
-        return await self._chain(job)
 
 
 async def run_worker(app: App, config: WorkerConfig | None = None) -> WorkerStats:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 from typing import NoReturn
 
 import anyio
 
 from asyncjobs import instruments
+from asyncjobs.deadlines import Deadlines
 from asyncjobs.errors import JobTimeout
 from asyncjobs.job import Job, Outcome
 from asyncjobs.leases import Interrupted
@@ -21,12 +20,17 @@ log = logging.getLogger(__name__)
 class TimeoutMiddleware:
     """Run the rest of the chain in the job's own cancel scope; raise :class:`JobTimeout` at its deadline.
 
-    This scope is the one the worker cancels too: when the job's lease is lost or the drain
+    The deadline is kept by one :class:`~asyncjobs.deadlines.Deadlines` timer per worker rather
+    than a timer per scope. This scope is the one the worker cancels too: when the job's lease is lost or the drain
     deadline of a shutdown passes, the handler is cancelled and :class:`~asyncjobs.leases.Interrupted`
     (not an error of the job) propagates instead. Only this job's scope is cancelled: other jobs
     and the worker go on. A handler that catches the cancellation and returns anyway is reported
     (log and metric) and still times out.
     """
+
+    def __init__(self) -> None:
+        self.deadlines = Deadlines()
+        self._scope_type: type[anyio.CancelScope] | None = None
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Run ``call_next`` under the job's deadline."""
@@ -35,14 +39,20 @@ class TimeoutMiddleware:
             return await self._bare(job, call_next)
         if held.lost or held.stopping:
             raise Interrupted
+        scope_type = self._scope_type
+        if scope_type is None:  # the event loop's own scope class: anyio.CancelScope() looks it up on every call
+            scope_type = self._scope_type = type(anyio.CancelScope())
         timeout = job.timeout
-        deadline = math.inf if timeout is None else asyncio.get_running_loop().time() + timeout
-        with anyio.CancelScope(deadline=deadline) as scope:  # what move_on_after does, minus its overhead
+        deadlines = self.deadlines
+        with scope_type() as scope:
             held.scope = scope
+            if timeout is not None:
+                deadlines.add(held, timeout)
             try:
                 outcome = await call_next(job)
             finally:
                 held.scope = None
+                deadlines.running.discard(held)
         if not scope.cancel_called:
             return outcome
         if held.lost or held.stopping:

@@ -45,6 +45,76 @@ async def test_timeout_cancels_only_its_own_job() -> None:
     assert worker.stats.timed_out == 1
 
 
+async def test_a_short_deadline_after_a_long_one_still_fires_on_time() -> None:
+    """Deadlines share one timer: a job due sooner than every running one must re-arm it."""
+    app = memory_app()
+    ended: dict[str, float] = {}
+
+    @app.task(name="long", timeout=5)
+    async def long() -> None:
+        await anyio.sleep(1.0)
+        ended["long"] = time.monotonic()
+
+    @app.task(name="short", timeout=0.2, max_attempts=1)
+    async def short() -> None:
+        await anyio.sleep(30)
+
+    await long.enqueue()
+    started = time.monotonic()
+    async with running(app, concurrency=2) as worker:
+        await eventually(lambda: worker.stats.done == 1)  # the long job runs first, its deadline armed first
+        await short.enqueue()
+        short_at = time.monotonic()
+        await eventually(lambda: worker.stats.dead == 1)
+        short_took = time.monotonic() - short_at
+    assert worker.stats.timed_out == 1
+    assert 0.2 <= ended["long"] - started < 4, "the long job finished, not cancelled"
+    assert short_took < 1.5, f"the 0.2 s deadline fired after {short_took:.2f} s"
+
+
+async def test_short_deadline_while_a_long_one_runs_fires_on_time() -> None:
+    app = memory_app()
+
+    @app.task(name="long", timeout=20)
+    async def long() -> None:
+        await anyio.sleep(3)
+
+    @app.task(name="short", timeout=0.2, max_attempts=1)
+    async def short() -> None:
+        await anyio.sleep(30)
+
+    await long.enqueue()
+    async with running(app, concurrency=2, drain_seconds=0.1) as worker:
+        await eventually(lambda: len(worker.stall.jobs) == 1)  # the long job holds the timer at +20 s
+        await short.enqueue()
+        at = time.monotonic()
+        await eventually(lambda: worker.stats.dead == 1, within=5)
+        took = time.monotonic() - at
+    assert worker.stats.timed_out == 1
+    assert took < 1.5, f"the 0.2 s deadline fired after {took:.2f} s"
+
+
+async def test_runs_as_many_jobs_at_once_as_its_concurrency() -> None:
+    app = memory_app()
+    now_running, most = 0, 0
+
+    @app.task(name="slow")
+    async def slow() -> None:
+        nonlocal now_running, most
+        now_running += 1
+        most = max(most, now_running)
+        await anyio.sleep(0.3)
+        now_running -= 1
+
+    async with running(app, concurrency=4) as worker:
+        await anyio.sleep(0.2)  # every runner is idle, waiting: the jobs arrive in one fetch
+        started = time.monotonic()
+        await app.enqueue_many(slow, [slow.call() for _ in range(12)])
+        await eventually(lambda: worker.stats.done == 12)
+    assert most == 4
+    assert time.monotonic() - started < 12 * 0.3 / 2, "jobs ran one after another"
+
+
 async def test_job_longer_than_its_lease_runs_once_while_heartbeats_hold() -> None:
     app = memory_app()
     runs: list[int] = []

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import asyncjobs.envelope as envelope_module
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import EnvelopeError
 
@@ -73,3 +74,52 @@ def test_invalid_envelopes_are_refused_with_a_reason(body: bytes, message: str) 
 def test_unserialisable_arguments_fail_at_enqueue_not_in_the_worker() -> None:
     with pytest.raises(EnvelopeError, match="not JSON-serialisable"):
         Envelope(task="t", args=(object(),)).encode()
+
+
+any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # any size: orjson alone would read 19 digits and more as floats
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=any_json)
+def test_parse_reads_every_document_as_the_standard_library_does(value: object) -> None:
+    body = json.dumps(value).encode()
+    parsed = envelope_module._parse(body)
+    assert parsed == json.loads(body)
+    assert json.dumps(parsed) == json.dumps(value), "same types too (an int stays an int)"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 123456789012345678901234567890}',
+        b'{"a": -9223372036854775809}',
+        b'{"a": NaN, "b": Infinity}',
+        b'{"a": "\\ud800"}',
+        b'\xef\xbb\xbf{"a": 1}',
+        b'{"a": 1e400}',
+        b'[1, 2] x',
+        b'\xff',
+    ],
+)
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_parse_agrees_with_the_standard_library_on_edge_cases(
+    body: bytes, accelerated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not accelerated:
+        monkeypatch.setattr(envelope_module, "_orjson", None)
+    try:
+        expected: object = json.dumps(json.loads(body.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError):
+        expected = EnvelopeError
+    try:
+        got: object = json.dumps(envelope_module._parse(body))
+    except EnvelopeError:
+        got = EnvelopeError
+    assert got == expected
