@@ -88,7 +88,9 @@ def test_size_runs_the_handler_on_samples_and_recommends(tmp_path: os.PathLike[s
     samples = os.path.join(tmp_path, "samples.jsonl")
     with open(samples, "w") as f:
         f.write('[20]\n{"args": [60]}\n[-1]\n')
-    done = cli("size", "tests.cli.sample_app:app", "sample.work", "--payloads", samples, "--runs", "3", "--keyed", env=WIDE)
+    done = cli(
+        "size", "tests.cli.sample_app:app", "sample.work", "--payloads", samples, "--runs", "3", "--keyed", env=WIDE
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "durations of 'sample.work' (9 runs)" in done.stdout
     assert "ValueError x3" in done.stdout  # failed runs are counted, not hidden
@@ -100,14 +102,34 @@ def test_size_exits_1_when_the_settings_would_run_jobs_twice(tmp_path: os.PathLi
     with open(samples, "w") as f:
         f.write('{"args": [50], "kwargs": {"block_ms": 400}}\n')
     done = cli(
-        "size", "tests.cli.sample_app:app", "sample.work", "--payloads", samples, "--runs", "2", "--lease", "1.2", env=WIDE
+        "size",
+        "tests.cli.sample_app:app",
+        "sample.work",
+        "--payloads",
+        samples,
+        "--runs",
+        "2",
+        "--lease",
+        "1.2",
+        env=WIDE,
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "blocked the event loop" in done.stdout
     durations = os.path.join(tmp_path, "d.txt")
     with open(durations, "w") as f:
         f.write("74\n70\n")
-    done = cli("size", "tests.cli.sample_app:app", "sample.work", "--durations", durations, "--heartbeat", "0", "--lease", "3", env=WIDE)
+    done = cli(
+        "size",
+        "tests.cli.sample_app:app",
+        "sample.work",
+        "--durations",
+        durations,
+        "--heartbeat",
+        "0",
+        "--lease",
+        "3",
+        env=WIDE,
+    )
     assert done.returncode == 1
     assert "duplicate processing" in done.stdout
 

@@ -104,8 +104,8 @@ def test_parse_reads_every_document_as_the_standard_library_does(value: object) 
         b'{"a": "\\ud800"}',
         b'\xef\xbb\xbf{"a": 1}',
         b'{"a": 1e400}',
-        b'[1, 2] x',
-        b'\xff',
+        b"[1, 2] x",
+        b"\xff",
     ],
 )
 @pytest.mark.parametrize("accelerated", [True, False])

@@ -33,7 +33,9 @@ def test_the_design_example_is_flagged_as_duplicate_processing() -> None:
     findings = sizing.check(dist, sizing.Settings(timeout=None, lease=30, heartbeat=0, keyed=False))
     errors = [f.message for f in findings if f.severity == "error"]
     assert len(errors) == 1 and "duplicate processing" in errors[0]
-    assert not [f for f in sizing.check(dist, sizing.Settings(timeout=20, lease=30, heartbeat=0)) if f.severity == "error"]
+    assert not [
+        f for f in sizing.check(dist, sizing.Settings(timeout=20, lease=30, heartbeat=0)) if f.severity == "error"
+    ]
     warnings = " ".join(f.message for f in findings if f.severity == "warning")
     assert "idempotency key" in warnings
     assert "drain time 30s is shorter" in warnings
