@@ -12,7 +12,6 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 from aiormq.abc import DeliveredMessage
-from pamqp.commands import Basic
 
 from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats
 from asyncjobs.clock import wall_time
@@ -21,6 +20,7 @@ from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
 from asyncjobs_rabbitmq import wire
 from asyncjobs_rabbitmq.consumer import RabbitConsumer
 from asyncjobs_rabbitmq.options import RabbitOptions
+from asyncjobs_rabbitmq.publisher import Outgoing, publish_many
 from asyncjobs_rabbitmq.topology import BUCKETS_MS, DEAD_ARGUMENTS, Topology, bucket_for
 from asyncjobs_rabbitmq.version import ServerInfo
 
@@ -31,9 +31,6 @@ MAX_BROWSE = 100_000
 
 PUBLISH_TIMEOUT = 30.0
 """Seconds an enqueue waits for its confirms (including a reconnection) before raising."""
-
-Outgoing = tuple[str, bytes, Basic.Properties]
-"""One message to publish: routing key (queue name), body, properties."""
 
 
 class UnroutableError(BrokerError):
@@ -142,18 +139,17 @@ class RabbitBroker:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
-                results = await asyncio.gather(
-                    *(
-                        channel.basic_publish(body, routing_key=key, properties=props, mandatory=True, wait=False)
-                        for key, body, props in messages
-                    ),
-                    return_exceptions=True,
-                )
+                results = await publish_many(channel, messages)
         except TimeoutError:
             raise BrokerConnectionError(
                 f"RabbitMQ did not confirm {len(messages)} messages within {PUBLISH_TIMEOUT:.0f}s (connection down?)"
             ) from None
-        except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            OSError,
+        ) as exc:
             raise BrokerConnectionError(f"RabbitMQ publish failed: {exc}") from exc
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:

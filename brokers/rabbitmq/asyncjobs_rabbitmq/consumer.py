@@ -44,7 +44,8 @@ from asyncjobs_rabbitmq.leases import (
 from asyncjobs_rabbitmq.topology import Names, bucket_for, consumer_arguments, work_arguments
 
 if TYPE_CHECKING:
-    from asyncjobs_rabbitmq.broker import Outgoing, RabbitBroker
+    from asyncjobs_rabbitmq.broker import RabbitBroker
+    from asyncjobs_rabbitmq.publisher import Outgoing
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import anyio
 import pytest
 from asyncjobs_rabbitmq import RabbitBroker, RabbitConsumer, RabbitOptions, ServerInfo, wire
 from asyncjobs_rabbitmq.leases import AckWindow
+from asyncjobs_rabbitmq.publisher import publish_many
 from asyncjobs_rabbitmq.topology import BUCKETS_MS, Names, bucket_for, consumer_arguments, work_arguments
 
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob
@@ -106,6 +107,45 @@ async def test_conflicting_queue_declaration_names_the_queue_and_argument() -> N
 async def test_unroutable_publish_raises_instead_of_dropping(broker: RabbitBroker) -> None:
     with pytest.raises(BrokerError, match="returned unroutable"):
         await broker.publish([(f"no-such-queue-{uuid.uuid4().hex}", b"x", wire.properties("x"))])
+
+
+async def test_one_write_batch_fails_exactly_the_unroutable_messages(broker: RabbitBroker) -> None:
+    """The batched publisher maps each confirm and each return to its own message."""
+    work = (await broker.topology.ensure(Q)).work
+    missing = f"no-such-queue-{uuid.uuid4().hex}"
+    keys = [missing if i % 7 == 3 else work for i in range(50)]
+    channel = await broker._publisher.get_underlay_channel()  # type: ignore[union-attr]
+    results = await publish_many(
+        channel, [(key, b"x%d" % i, wire.properties(uuid.uuid4().hex)) for i, key in enumerate(keys)]
+    )
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [i for i, key in enumerate(keys) if key == missing]
+    assert all(type(results[i]).__name__ == "PublishError" for i in failed)
+    assert (await broker.stats(Q)).ready == 50 - len(failed)
+    assert not channel.message_id_delivery_tag, "no bookkeeping left behind per message"
+
+
+async def test_bodies_larger_than_a_frame_arrive_whole(broker: RabbitBroker) -> None:
+    channel = await broker._publisher.get_underlay_channel()  # type: ignore[union-attr]
+    size = channel.max_content_size * 2 + 123
+    body = bytes(range(256)) * (size // 256) + b"end"
+    job_id = uuid.uuid4().hex
+    doc = f'{{"v":1,"id":"{job_id}","task":"t","pad":"'.encode() + body.hex().encode() + b'"}'
+    await broker.enqueue([OutgoingJob(job_id, Q, doc, None), job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    got = []
+    deadline = monotonic() + 10
+    while len(got) < 2 and monotonic() < deadline:
+        got += await consumer.fetch(2, 0.2)
+    assert [d.body for d in got if d.job_id == job_id] == [doc]
+    await consumer.close()
+
+
+async def test_publishing_on_a_closed_channel_is_a_connection_error(broker: RabbitBroker) -> None:
+    channel = await broker._publisher.get_underlay_channel()  # type: ignore[union-attr]
+    await channel.close()
+    with pytest.raises(BrokerError, match="publish failed|did not confirm|closed"):
+        await broker.publish([(Q, b"x", wire.properties("x"))])
 
 
 async def test_large_batch_is_confirmed_before_enqueue_returns(broker: RabbitBroker) -> None:
