@@ -15,6 +15,7 @@ import anyio
 from asyncjobs import instruments
 from asyncjobs.broker import Consumer, Delivery
 from asyncjobs.clock import monotonic
+from asyncjobs.envelope import Envelope
 from asyncjobs.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Interrupted(BaseException):
 class Held:
     """One lease this worker holds, and the cancel scope of the handler running under it.
 
-    ``running`` is true from the moment a runner takes the job until its outcome is known;
+    ``running`` is true from the moment a runner takes the job (at wall time ``started``) until its
+    outcome is known; ``envelope`` is the job as decoded (``None`` until then, or if it would not decode);
     ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs,
     and ``deadline`` the event-loop time at which it is cancelled for taking too long.
     """
@@ -45,6 +47,8 @@ class Held:
     running: bool = False
     task: str = "?"
     attempt: int = 0
+    envelope: Envelope | None = None
+    started: float = 0.0
     outcome: str = ""
     lost: bool = False
     stopping: bool = False

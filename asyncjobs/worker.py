@@ -17,7 +17,7 @@ from asyncjobs.app import App
 from asyncjobs.broker import Broker, Consumer
 from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
-from asyncjobs.envelope import Envelope, decode
+from asyncjobs.envelope import decode
 from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, UnknownTaskError
 from asyncjobs.job import Job, Outcome
 from asyncjobs.leases import Held, Interrupted, LeaseKeeper, StallDetector
@@ -280,54 +280,50 @@ class Worker:
                 else:
                     slot.held = held
                     try:
-                        result = await self._run_one(held)
+                        outcome = await self._run_one(held)
                     finally:
                         slot.held = None
-                    outcome = result[0]
-                    if outcome is not None and (outcome.kind == "done" or outcome.kind == "skipped") and not held.lost:
+                    if outcome is not None and outcome.kind in ("done", "skipped") and not held.lost:
                         held.settling = True  # the common case: acked in the next batch, no await
                         held.outcome = outcome.kind
                         settler.acks.push(held)
                     else:
-                        await self._settle(held, result, settler)
+                        await self._settle(held, outcome, settler)
         finally:
             if task is not None:
                 self.stall.slots.pop(task, None)
 
-    async def _run_one(self, held: Held) -> tuple[Outcome | None, Envelope | None, float]:
-        """Decode and run one job: its outcome (``None`` when it was interrupted), envelope and start time."""
+    async def _run_one(self, held: Held) -> Outcome | None:
+        """Decode and run one job; its outcome, or ``None`` when the worker interrupted it."""
         delivery = held.delivery
-        started = wall_time()
+        held.started = started = wall_time()
         held.running = True
         try:
-            env = decode(delivery.body)
+            held.envelope = env = decode(delivery.body)
         except EnvelopeError as exc:
             held.running = False
-            return Outcome("dead", "malformed", exc), None, started
+            return Outcome("dead", "malformed", exc)
         try:
             attempt = env.attempt + delivery.delivery_count - 1
             held.task, held.attempt = env.task, attempt
             spec = self.app.tasks.get(env.task)
             if spec is None:
                 unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
-                return Outcome("dead", "unknown_task", unknown), env, started
+                return Outcome("dead", "unknown_task", unknown)
             job = Job(env, delivery, spec, attempt, started, held=held)
             if attempt > job.max_attempts:
                 error = AsyncJobsError(
                     f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
                     f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
                 )
-                return Outcome("dead", "max_attempts", error), env, started
-            return await self._chain(job), env, started
+                return Outcome("dead", "max_attempts", error)
+            return await self._chain(job)
         except Interrupted:
-            return None, env, started
+            return None
         finally:
             held.running = False
 
-    async def _settle(
-        self, held: Held, result: tuple[Outcome | None, Envelope | None, float], settler: Settler
-    ) -> None:
-        outcome, env, started = result
+    async def _settle(self, held: Held, outcome: Outcome | None, settler: Settler) -> None:
         if held.lost:  # the job may run elsewhere now: never settle it here
             self.stats.lease_lost += 1
             self._free((held,))
@@ -336,7 +332,7 @@ class Worker:
         else:
             held.settling = True
             with anyio.CancelScope(shield=True):
-                await settler.settle(held, env, outcome, started)
+                await settler.settle(held, held.envelope, outcome, held.started)
 
 
 async def run_worker(app: App, config: WorkerConfig | None = None) -> WorkerStats:
