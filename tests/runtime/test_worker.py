@@ -45,6 +45,27 @@ async def test_timeout_cancels_only_its_own_job() -> None:
     assert worker.stats.timed_out == 1
 
 
+async def test_a_shielded_section_of_a_handler_finishes_before_its_timeout_cancels_it() -> None:
+    """The job's scope is an anyio scope: a handler's ``CancelScope(shield=True)`` holds against it."""
+    app = memory_app()
+    steps: list[str] = []
+
+    @app.task(name="careful", timeout=0.2, max_attempts=1)
+    async def careful() -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.5)  # past the deadline: a write that must not be cut in half
+            steps.append("committed")
+        await anyio.sleep(30)
+        steps.append("never")
+
+    await careful.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    assert steps == ["committed"]
+    [dead] = await app.broker.list_dead("default")
+    assert dead.info.error_type == "JobTimeout"
+
+
 async def test_a_short_deadline_after_a_long_one_still_fires_on_time() -> None:
     """Deadlines share one timer: a job due sooner than every running one must re-arm it."""
     app = memory_app()
