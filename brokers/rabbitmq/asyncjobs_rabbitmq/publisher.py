@@ -73,7 +73,7 @@ async def publish_many(channel: aiormq.Channel, messages: Sequence[Outgoing]) ->
         ids.append(message_id)
     payload = ChannelFrame(payload=_frames(channel, messages), should_close=False)
     confirmations: list[asyncio.Future[Any]] = []
-    async with channel.lock:  # no await from here on: the tags and the frames stay in step
+    async with channel.lock:  # every publisher takes it: the tags and the frames stay in step
         first = channel.delivery_tag + 1
         for tag, message_id in enumerate(ids, first):
             confirmation = channel.create_future()
@@ -81,13 +81,27 @@ async def publish_many(channel: aiormq.Channel, messages: Sequence[Outgoing]) ->
             channel.message_id_delivery_tag[message_id] = tag
             confirmations.append(confirmation)
         channel.delivery_tag = first + len(ids) - 1
-        channel.write_queue.put_nowait(payload)
+        try:
+            await channel.write_queue.put(payload)  # the writer's queue is bounded: this can wait
+        except BaseException:  # not written (cancelled while waiting): RabbitMQ never saw these tags
+            channel.delivery_tag = first - 1
+            _forget(channel, ids, first, confirmations, sent=False)
+            raise
     try:
         return await asyncio.gather(*confirmations, return_exceptions=True)
     finally:
-        by_id = channel.message_id_delivery_tag
-        for tag, message_id in enumerate(ids, first):
-            if by_id.get(message_id) == tag:
-                del by_id[message_id]
-        for confirmation in confirmations:
-            confirmation.cancel()  # a no-op for the settled ones; the rest are given up (timeout, cancel)
+        _forget(channel, ids, first, confirmations)
+
+
+def _forget(
+    channel: aiormq.Channel, ids: list[str], first: int, confirmations: list[asyncio.Future[Any]], *, sent: bool = True
+) -> None:
+    """Drop the batch's bookkeeping: its id-to-tag entries, its tags when never sent, waits nobody has now."""
+    by_id = channel.message_id_delivery_tag
+    for tag, message_id in enumerate(ids, first):
+        if by_id.get(message_id) == tag:
+            del by_id[message_id]
+        if not sent:
+            channel.confirmations.pop(tag, None)
+    for confirmation in confirmations:
+        confirmation.cancel()  # a no-op for the settled ones; the rest are given up (timeout, cancel)

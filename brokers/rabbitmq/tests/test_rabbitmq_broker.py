@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -123,6 +124,16 @@ async def test_one_write_batch_fails_exactly_the_unroutable_messages(broker: Rab
     assert all(type(results[i]).__name__ == "PublishError" for i in failed)
     assert (await broker.stats(Q)).ready == 50 - len(failed)
     assert not channel.message_id_delivery_tag, "no bookkeeping left behind per message"
+
+
+async def test_many_batches_at_once_wait_for_the_writer_and_all_arrive(broker: RabbitBroker) -> None:
+    """The channel's writer queue is bounded (10 frames): a burst of batches waits for room."""
+    work = (await broker.topology.ensure(Q)).work
+    channel = await broker._publisher.get_underlay_channel()  # type: ignore[union-attr]
+    batches = [[(work, b"x", wire.properties(uuid.uuid4().hex)) for _ in range(20)] for _ in range(30)]
+    results = await asyncio.gather(*(publish_many(channel, batch) for batch in batches))
+    assert not [r for batch in results for r in batch if isinstance(r, BaseException)]
+    assert (await broker.stats(Q)).ready == 600
 
 
 async def test_bodies_larger_than_a_frame_arrive_whole(broker: RabbitBroker) -> None:
