@@ -48,6 +48,9 @@ class TimeoutMiddleware:
             held.scope = scope
             if timeout is not None:
                 deadlines.add(held, timeout)
+                # The deadline anyio.current_effective_deadline() reports inside the handler. Set
+                # without the property, which would arm anyio's own timer: Deadlines keeps time.
+                scope._deadline = held.deadline  # type: ignore[attr-defined]
             try:
                 outcome = await call_next(job)
             finally:

@@ -66,6 +66,21 @@ async def test_a_shielded_section_of_a_handler_finishes_before_its_timeout_cance
     assert dead.info.error_type == "JobTimeout"
 
 
+async def test_a_handler_sees_its_deadline_as_the_effective_deadline() -> None:
+    """Code inside a handler can budget its own calls with anyio.current_effective_deadline()."""
+    app = memory_app()
+    seen: list[float] = []
+
+    @app.task(name="budgeted", timeout=7)
+    async def budgeted() -> None:
+        seen.append(anyio.current_effective_deadline() - anyio.current_time())
+
+    await budgeted.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+    assert len(seen) == 1 and 6.5 < seen[0] <= 7
+
+
 async def test_a_short_deadline_after_a_long_one_still_fires_on_time() -> None:
     """Deadlines share one timer: a job due sooner than every running one must re-arm it."""
     app = memory_app()
