@@ -25,6 +25,7 @@ from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import peek_id
 
 _IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
+_LEASE_GARBAGE = 1024  # entries of settled leases tolerated beyond twice the live ones before a compaction
 
 
 @dataclass(slots=True)
@@ -173,7 +174,16 @@ class MemoryBroker:
                 queue.in_flight += 1
                 heapq.heappush(queue.leased, (stored.deadline, seq, stored.token))
                 out.append(Delivery(name, stored.job_id, stored.body, stored.token, stored.delivery_count, seq))
+            if len(queue.leased) > 2 * queue.in_flight + _LEASE_GARBAGE:
+                self._compact(queue)
         return out, wake
+
+    def _compact(self, queue: _Queue) -> None:
+        """Drop the lease entries of settled jobs (each would otherwise stay until its lease's end)."""
+        jobs = self._jobs
+        live = [entry for entry in queue.leased if (s := jobs.get(entry[1])) is not None and s.token == entry[2]]
+        heapq.heapify(live)
+        queue.leased = live
 
     async def _wait(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()

@@ -485,6 +485,29 @@ def test_a_memory_broker_serves_one_event_loop_after_another() -> None:
     assert anyio.run(one_round) == 1
 
 
+async def test_memory_broker_keeps_no_record_of_settled_leases_for_long() -> None:
+    """Lease entries of acked jobs are dropped well before their 30 s deadlines pass."""
+    broker = MemoryBroker(f"memory://{uuid.uuid4().hex}")
+    consumer = await broker.consumer(["q"], prefetch=50, lease_seconds=30)
+    await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "q", b"{}") for _ in range(5000)])
+    acked = 0
+    while acked < 5000:
+        got = await consumer.fetch(50, 0)
+        assert all(await consumer.ack(got))
+        acked += len(got)
+    leased = broker._queue("q").leased
+    assert len(leased) <= 2 * 50 + 1024, f"{len(leased)} lease entries kept for 5000 settled jobs"
+    await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "q", b"{}") for _ in range(3000)])
+    held = await consumer.fetch(10, 0)  # held through the compactions that follow, then extended
+    assert len(held) == 10
+    while acked < 8000 - 10:
+        got = await consumer.fetch(40, 0)
+        assert all(await consumer.ack(got))
+        acked += len(got)
+    assert await consumer.extend(held) == [True] * 10
+    assert all(await consumer.ack(held))
+
+
 class SlowBefore:
     """A middleware that awaits something slow before the job's own scope opens."""
 
