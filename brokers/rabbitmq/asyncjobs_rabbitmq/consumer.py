@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CLOSED = (aiormq.exceptions.AMQPError, ConnectionError, OSError)
+# A closed channel: aiormq raises ChannelInvalidStateError (a RuntimeError) once its close has begun,
+# which can be before aio-pika's channel reports is_closed.
+_CLOSED = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError, OSError)
 CLOSE_TIMEOUT = 10.0
 
 
@@ -370,9 +372,7 @@ class RabbitConsumer:
             if not self._holds(delivery):
                 continue
             if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
-                lease.ack_on_adopt = True
-                self._acked_early.append(delivery)
-                results[index] = True
+                results[index] = self._ack_when_adopted(delivery)
                 continue
             lease.settled = True
             self._forget(delivery)
@@ -385,12 +385,29 @@ class RabbitConsumer:
                     await channel.basic_ack(last, multiple=True, wait=False)
                 for tag in singles:
                     await channel.basic_ack(tag, wait=False)
-            except _CLOSED:
+            except _CLOSED:  # it closed meanwhile (consumer_timeout): nothing went out on it
+                for i in indexes:
+                    results[i] = self._ack_when_adopted(deliveries[i])
                 continue
             for i in indexes:
                 results[i] = True
                 self._sent(deliveries[i].handle)
         return results
+
+    def _ack_when_adopted(self, delivery: Delivery) -> bool:
+        """Its channel is closed: ack the redelivery when it comes back here, if the lease still holds.
+
+        A lease marked settled for an ack that then could not go out is held again first.
+        """
+        lease: Lease = delivery.handle
+        if lease.settled:
+            lease.settled = False
+            self._held.setdefault(delivery.job_id or "", []).append(delivery)
+            if not self._holds(delivery):
+                return False
+        lease.ack_on_adopt = True
+        self._acked_early.append(delivery)
+        return True
 
     async def _replace(self, delivery: Delivery, outgoing: Outgoing) -> bool:
         """Store ``outgoing`` (confirmed), then ack ``delivery``: a crash in between duplicates, never loses."""
@@ -404,12 +421,12 @@ class RabbitConsumer:
             self._forget(delivery)
             raise
         if lease.channel.is_closed:  # waiting for adoption: ack the redelivery when it comes
-            lease.ack_on_adopt = True
-            self._acked_early.append(delivery)
+            self._ack_when_adopted(delivery)
             return True
         lease.settled = True
         self._forget(delivery)
-        await self._ack(lease)  # a failed ack redelivers the old body too: a duplicate, never a loss
+        if not await self._ack(lease):  # the old body comes back: acked when adopted here, else run again
+            self._ack_when_adopted(delivery)
         return True
 
     async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:

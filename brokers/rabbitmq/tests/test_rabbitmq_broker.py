@@ -224,6 +224,28 @@ async def test_redelivery_of_a_job_still_held_here_is_adopted_not_handed_out_aga
     assert (await broker.stats(Q)).ready == 0, "the adopted delivery was acked, not given back"
 
 
+async def test_an_ack_racing_its_channel_close_is_not_an_error_and_the_job_is_not_run_again(
+    broker: RabbitBroker,
+) -> None:
+    """aiormq refuses an ack once the close of its channel has begun, before the channel reports is_closed."""
+    await broker.enqueue([job()])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        [delivery] = await fetch_one(consumer)
+        channel = delivery.handle.channel
+        await channel.basic_ack(10**6)  # an unknown tag: RabbitMQ closes the channel, as consumer_timeout does
+        close_begun = channel._Channel__close_event  # set when the server's Channel.Close has been read
+        with anyio.fail_after(5):
+            await close_begun.wait()
+        assert not channel.is_closed, "the window this test is about: closing, not closed yet"
+        assert await consumer.ack([delivery]) == [True], "acked when its redelivery comes back here"
+        assert await consumer.fetch(1, 2.0) == [], "the finished job is not handed out again"
+        assert (await broker.stats(Q)).ready == 0
+    finally:
+        await consumer.close()
+    assert (await broker.stats(Q)).ready == 0
+
+
 @pytest.mark.parametrize("delay", [0.15, 1.6])  # held by the consumer; 1 s bucket, 0.25 s bucket, held
 async def test_delayed_job_crosses_buckets_and_is_never_early(broker: RabbitBroker, delay: float) -> None:
     due = wall_time() + delay
