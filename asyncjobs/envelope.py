@@ -152,6 +152,8 @@ def _parse_stdlib(body: bytes) -> Any:
         raise EnvelopeError(f"message is not JSON: expecting a value at char {exc.value}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnvelopeError(f"message is not JSON: {exc}") from exc
+    except RecursionError:
+        raise EnvelopeError("message is not an envelope: its JSON is nested too deeply to read") from None
     if end != len(text) and text[end:].strip(_WHITESPACE):
         raise EnvelopeError(f"message is not JSON: extra data at char {end}")
     return doc

@@ -300,9 +300,10 @@ class Worker:
         held.running = True
         try:
             held.envelope = env = decode(delivery.body)
-        except EnvelopeError as exc:
+        except Exception as exc:  # whatever a body provokes, it is bad input to dead-letter, never a crash
             held.running = False
-            return Outcome("dead", "malformed", exc)
+            error = exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
+            return Outcome("dead", "malformed", error)
         try:
             attempt = env.attempt + delivery.delivery_count - 1
             held.task, held.attempt = env.task, attempt

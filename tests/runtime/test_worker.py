@@ -249,6 +249,27 @@ async def test_malformed_message_is_dead_lettered_with_its_bytes_intact() -> Non
     assert dead.info.error_type == "EnvelopeError"
 
 
+async def test_deeply_nested_message_is_dead_lettered_and_the_worker_goes_on() -> None:
+    """JSON nested deeper than the parser's recursion limit is bad input, not a crash of the worker."""
+    app = memory_app()
+    done: list[int] = []
+
+    @app.task(name="after")
+    async def after() -> None:
+        done.append(1)
+
+    raw = b'{"v":1,"id":"deep","task":"after","args":[' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    await app.broker.enqueue([OutgoingJob("deep", "default", raw)])
+    await after.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1 and worker.stats.done == 1)
+    [dead] = await app.broker.list_dead("default")
+    assert dead.body == raw
+    assert dead.info.reason == "malformed"
+    assert "nested too deeply" in dead.info.error_message
+    assert done == [1]
+
+
 async def test_unknown_version_is_dead_lettered_with_a_clear_reason() -> None:
     app = memory_app()
     await app.broker.enqueue([OutgoingJob("v9", "default", b'{"v":9,"id":"v9","task":"t"}')])
