@@ -302,8 +302,8 @@ class Worker:
             held.envelope = env = decode(delivery.body)
         except Exception as exc:  # whatever a body provokes, it is bad input to dead-letter, never a crash
             held.running = False
-            error = exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
-            return Outcome("dead", "malformed", error)
+            unreadable = exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
+            return Outcome("dead", "malformed", unreadable)
         try:
             attempt = env.attempt + delivery.delivery_count - 1
             held.task, held.attempt = env.task, attempt
