@@ -123,3 +123,12 @@ def test_parse_agrees_with_the_standard_library_on_edge_cases(
     except EnvelopeError:
         got = EnvelopeError
     assert got == expected
+
+
+def test_json_nested_too_deeply_is_an_envelope_error_not_a_crash() -> None:
+    from asyncjobs.envelope import peek_id
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(EnvelopeError, match="nested too deeply"):
+        decode(b'{"v":1,"id":"x","task":"t","args":' + deep + b"}")
+    assert peek_id(deep) is None
