@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from math import inf, isfinite
 from types import ModuleType
 from typing import Any
 
@@ -183,8 +184,11 @@ def decode(body: bytes) -> Envelope:
     if attempt < 1:
         raise EnvelopeError("envelope field 'attempt' must be >= 1")
     enqueued_at = get("enqueued_at")
-    if enqueued_at is not None and type(enqueued_at) is not float:
-        enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
+    if enqueued_at is not None:
+        if type(enqueued_at) is not float:
+            enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
+        if not isfinite(enqueued_at):
+            raise EnvelopeError("envelope field 'enqueued_at' must be a finite number")
     if doc.keys() == _ALWAYS:  # what the encoder writes for a job with no options: nothing more to look for
         return Envelope(task, tuple(args), kwargs, job_id, queue, attempt, enqueued_at or 0.0)
     headers = get("headers")
@@ -193,10 +197,16 @@ def decode(body: bytes) -> Envelope:
     elif type(headers) is not dict or not all(type(k) is str and type(v) is str for k, v in headers.items()):
         raise EnvelopeError("envelope field 'headers' must map strings to strings")
     not_before, timeout = get("not_before"), get("timeout")
-    if not_before is not None and type(not_before) is not float:
-        not_before = float(_check(not_before, (int, float), "not_before"))
-    if timeout is not None and type(timeout) is not float:
-        timeout = float(_check(timeout, (int, float), "timeout"))
+    if not_before is not None:
+        if type(not_before) is not float:
+            not_before = float(_check(not_before, (int, float), "not_before"))
+        if not isfinite(not_before):
+            raise EnvelopeError("envelope field 'not_before' must be a finite number")
+    if timeout is not None:
+        if type(timeout) is not float:
+            timeout = float(_check(timeout, (int, float), "timeout"))
+        if not 0 < timeout < inf:
+            raise EnvelopeError(f"envelope field 'timeout' must be a number of seconds > 0, got {timeout}")
     key = get("key")
     if key is not None and type(key) is not str:
         _check(key, str, "key")

@@ -132,3 +132,21 @@ def test_json_nested_too_deeply_is_an_envelope_error_not_a_crash() -> None:
     with pytest.raises(EnvelopeError, match="nested too deeply"):
         decode(b'{"v":1,"id":"x","task":"t","args":' + deep + b"}")
     assert peek_id(deep) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ('"timeout": NaN', "timeout"),
+        ('"timeout": -1', "timeout"),
+        ('"timeout": 0', "timeout"),
+        ('"timeout": Infinity', "timeout"),
+        ('"not_before": NaN', "not_before"),
+        ('"enqueued_at": NaN', "enqueued_at"),
+        ('"enqueued_at": -Infinity', "enqueued_at"),
+    ],
+)
+def test_times_that_are_not_finite_or_a_timeout_not_above_zero_are_refused(fields: str, why: str) -> None:
+    """A foreign producer's NaN timeout would never fire; refused, the job is dead-lettered as malformed."""
+    with pytest.raises(EnvelopeError, match=why):
+        decode(f'{{"v": 1, "id": "x", "task": "t", {fields}}}'.encode())
