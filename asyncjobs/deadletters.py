@@ -9,6 +9,7 @@ from asyncjobs.broker import Broker, DeadLetter
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import decode
 from asyncjobs.errors import EnvelopeError
+from asyncjobs.settle import prior_history
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ def replay_body(dead: DeadLetter) -> bytes:
         env = decode(dead.body)
     except EnvelopeError:
         return dead.body
-    history = [*list(env.extra.get("history") or []), {"replayed_at": wall_time(), "dead_reason": dead.info.reason}]
+    history = [*prior_history(env), {"replayed_at": wall_time(), "dead_reason": dead.info.reason}]
     return replace(env, attempt=1, not_before=None, extra={**env.extra, "history": history}).encode()
 
 

@@ -51,9 +51,19 @@ def history_entry(attempt: int, outcome: Outcome, started_at: float) -> dict[str
     return entry
 
 
+def prior_history(env: Envelope | None) -> list[dict[str, Any]]:
+    """The attempt history the envelope carries: its ``history`` entries that are objects.
+
+    A producer may have written anything there; what is not a list of objects is left out rather
+    than allowed to break the settling of the job.
+    """
+    found = env.extra.get("history") if env is not None else None
+    return [entry for entry in found if isinstance(entry, dict)] if isinstance(found, list) else []
+
+
 def with_history(env: Envelope, entry: dict[str, Any]) -> Envelope:
     """``env`` with ``entry`` appended to its ``history`` field (bounded)."""
-    history = list(env.extra.get("history") or [])[-(HISTORY_LIMIT - 1) :]
+    history = prior_history(env)[-(HISTORY_LIMIT - 1) :]
     history.append(entry)
     return replace(env, extra={**env.extra, "history": history})
 
@@ -194,7 +204,7 @@ class Settler:
         return ok
 
     async def _dead_letter(self, held: Held, env: Envelope | None, outcome: Outcome, started: float) -> bool:
-        history = list(env.extra.get("history") or []) if env else []
+        history = prior_history(env)
         if env is not None:
             history.append(history_entry(held.attempt, outcome, started))
         info = dead_letter_info(outcome, held.attempt, env.task if env else None, history)

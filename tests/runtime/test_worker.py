@@ -270,6 +270,25 @@ async def test_deeply_nested_message_is_dead_lettered_and_the_worker_goes_on() -
     assert done == [1]
 
 
+async def test_a_history_field_of_the_wrong_shape_does_not_stop_retries_or_dead_letters() -> None:
+    """A producer's odd ``history`` must not make settling fail (the job would then run again forever)."""
+    app = memory_app()
+    runs: list[int] = []
+
+    @app.task(name="fails", max_attempts=2, backoff=QUICK)
+    async def fails() -> None:
+        runs.append(1)
+        raise ConnectionError("down")
+
+    body = b'{"v":1,"id":"odd","task":"fails","args":[],"kwargs":{},"attempt":1,"history":5}'
+    await app.broker.enqueue([OutgoingJob("odd", "default", body)])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.dead == 1)
+    assert len(runs) == 2 and worker.stats.retried == 1
+    [dead] = await app.broker.list_dead("default")
+    assert [entry["attempt"] for entry in dead.info.history] == [1, 2]
+
+
 async def test_unknown_version_is_dead_lettered_with_a_clear_reason() -> None:
     app = memory_app()
     await app.broker.enqueue([OutgoingJob("v9", "default", b'{"v":9,"id":"v9","task":"t"}')])
