@@ -14,7 +14,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from math import inf, isfinite
+from math import isfinite
 from types import ModuleType
 from typing import Any
 
@@ -120,7 +120,23 @@ def _check(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: json.dumps builds one per call
-_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (the encoder refuses it too, so the job could not be retried)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not isfinite(value):
+        raise ValueError(f"{text} is out of a float's range")
+    return value
+
+
+# The standard library's parser, made as strict as the encoder: no NaN or Infinity, no float that overflows.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(  # type: ignore[attr-defined]
+    parse_constant=_refuse_constant, parse_float=_finite_float
+).scan_once
 _WHITESPACE = " \t\n\r"
 # orjson reads integers of 19 digits or more as floats, where the standard library keeps them exact.
 # Spotting such a run: every digit becomes "0" and everything else " ", then a plain substring search
@@ -133,8 +149,10 @@ def _parse(body: bytes) -> Any:
     """Parse one JSON document exactly as ``json.loads`` would, as fast as this install allows.
 
     With orjson installed it parses what it can read the same way: every document it refuses
-    (NaN, a lone surrogate, a byte order mark) and every one with a run of 19 digits goes to the
-    standard library's parser, so both paths give the same value or the same error.
+    (a lone surrogate, a byte order mark) and every one with a run of 19 digits goes to the
+    standard library's parser, so both paths give the same value or the same error. Unlike
+    ``json.loads``, both refuse ``NaN``, ``Infinity`` and numbers too large for a float: what is
+    accepted can be encoded again.
     """
     if _orjson is not None and _LONG_RUN not in body.translate(_DIGITS_ONLY):
         try:
@@ -184,11 +202,8 @@ def decode(body: bytes) -> Envelope:
     if attempt < 1:
         raise EnvelopeError("envelope field 'attempt' must be >= 1")
     enqueued_at = get("enqueued_at")
-    if enqueued_at is not None:
-        if type(enqueued_at) is not float:
-            enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
-        if not isfinite(enqueued_at):
-            raise EnvelopeError("envelope field 'enqueued_at' must be a finite number")
+    if enqueued_at is not None and type(enqueued_at) is not float:
+        enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
     if doc.keys() == _ALWAYS:  # what the encoder writes for a job with no options: nothing more to look for
         return Envelope(task, tuple(args), kwargs, job_id, queue, attempt, enqueued_at or 0.0)
     headers = get("headers")
@@ -197,15 +212,12 @@ def decode(body: bytes) -> Envelope:
     elif type(headers) is not dict or not all(type(k) is str and type(v) is str for k, v in headers.items()):
         raise EnvelopeError("envelope field 'headers' must map strings to strings")
     not_before, timeout = get("not_before"), get("timeout")
-    if not_before is not None:
-        if type(not_before) is not float:
-            not_before = float(_check(not_before, (int, float), "not_before"))
-        if not isfinite(not_before):
-            raise EnvelopeError("envelope field 'not_before' must be a finite number")
+    if not_before is not None and type(not_before) is not float:
+        not_before = float(_check(not_before, (int, float), "not_before"))
     if timeout is not None:
         if type(timeout) is not float:
             timeout = float(_check(timeout, (int, float), "timeout"))
-        if not 0 < timeout < inf:
+        if not timeout > 0:
             raise EnvelopeError(f"envelope field 'timeout' must be a number of seconds > 0, got {timeout}")
     key = get("key")
     if key is not None and type(key) is not str:
