@@ -66,7 +66,9 @@ def job_id_of(message: DeliveredMessage) -> str | None:
 def due_of(headers: dict[str, Any]) -> float | None:
     """``not_before`` in wall-clock seconds, if the message carries one."""
     due = headers.get(DUE)
-    return due / 1000 if isinstance(due, int | float) and not isinstance(due, bool) else None
+    if not isinstance(due, int | float) or isinstance(due, bool) or not math.isfinite(due):
+        return None  # absent, or not a time a job could wait for: due now
+    return due / 1000
 
 
 def prior_of(headers: dict[str, Any]) -> int:

@@ -61,6 +61,12 @@ def test_bucket_is_the_largest_not_longer_than_the_delay_so_a_job_is_never_early
         assert ms is not None and ms <= remaining * 1000
 
 
+def test_a_due_header_that_is_no_time_means_due_now() -> None:
+    assert wire.due_of({wire.DUE: 1_500}) == 1.5
+    for odd in (float("nan"), float("inf"), True, "soon", None):
+        assert wire.due_of({wire.DUE: odd}) is None
+
+
 def test_url_options_are_parsed_and_bad_values_refused() -> None:
     options = RabbitOptions.from_url("amqp://u:p@h:5672/vh?queue_type=classic&queue_prefix=app.&heartbeat=30")
     assert (options.queue_type, options.queue_prefix) == ("classic", "app.")
