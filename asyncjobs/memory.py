@@ -245,6 +245,7 @@ class MemoryConsumer:
     def __init__(self, broker: MemoryBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
         self._broker = broker
         self._queues = queues
+        self._turn = 0  # each fetch starts with the next queue: a backlog in one does not starve the rest
         self._prefetch = prefetch
         self._lease = lease_seconds
         self._held: dict[int, Delivery] = {}
@@ -257,7 +258,9 @@ class MemoryConsumer:
             if len(self._held) >= self._prefetch:
                 self._prune()
             room = min(max_count, self._prefetch - len(self._held))
-            out, wake = self._broker._take(self._queues, room, self._lease) if room > 0 else ([], None)
+            queues = self._queues[self._turn :] + self._queues[: self._turn]
+            self._turn = (self._turn + 1) % len(queues)
+            out, wake = self._broker._take(queues, room, self._lease) if room > 0 else ([], None)
             if out:
                 for delivery in out:
                     self._held[delivery.handle] = delivery

@@ -354,3 +354,25 @@ async def test_consumer_reads_only_its_queues(broker: Broker) -> None:
     finally:
         await mine.close()
         await theirs.close()
+
+
+async def test_a_backlog_in_one_queue_does_not_starve_another(broker: Broker) -> None:
+    """A consumer of several queues serves them all: jobs of a quiet queue are not stuck behind a busy one."""
+    busy = [job(queue="busy") for _ in range(200)]
+    quiet = [job(queue="quiet") for _ in range(5)]
+    assert await broker.enqueue(busy) == [True] * 200
+    assert await broker.enqueue(quiet) == [True] * 5
+    consumer = await open_consumer(broker, prefetch=10, queues=("busy", "quiet"))
+    try:
+        waiting = {j.id for j in quiet}
+        busy_before = 0
+        deadline = monotonic() + 15
+        while waiting and monotonic() < deadline:
+            got = await consumer.fetch(10, 0.5)
+            assert all(await consumer.ack(got))
+            busy_before += sum(d.queue == "busy" for d in got)
+            waiting -= {d.job_id for d in got}
+        assert not waiting, "the quiet queue's jobs never came"
+        assert busy_before <= 50, f"{busy_before} jobs of the busy queue were served before the quiet queue's 5"
+    finally:
+        await consumer.close()

@@ -43,7 +43,12 @@ class RedisConsumer:
         self._queues = queues
         self._prefetch = prefetch
         self._lease_ms = max(math.ceil(lease_seconds * 1000), 1)
-        self._keys = [key for queue in queues for key in broker.keys(queue).job]
+        # Each fetch starts with the next queue, so a backlog in one does not starve the others.
+        self._turns = [
+            (order, [key for queue in order for key in broker.keys(queue).job])
+            for order in (queues[turn:] + queues[:turn] for turn in range(len(queues)))
+        ]
+        self._turn = 0
         self._wake = [broker.keys(queue).wake for queue in queues]
         self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = 0
@@ -86,14 +91,16 @@ class RedisConsumer:
         start, self._tokens = self._tokens, self._tokens + room
         until = monotonic() + self._lease_ms / 1000
         args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start]
+        order, keys = self._turns[self._turn]
+        self._turn = (self._turn + 1) % len(self._turns)
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
         with anyio.CancelScope(shield=True), broker_errors("fetch"):
-            reply = await scripts.fetch(keys=self._keys, args=args, client=client)
+            reply = await scripts.fetch(keys=keys, args=args, client=client)
         out: list[Delivery] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
             qi, raw_handle, raw_token, count, body = reply[i : i + 5]
             handle, token = raw_handle.decode(), raw_token.decode()
-            delivery = Delivery(self._queues[qi - 1], job_id_of(handle), body, token, count, handle)
+            delivery = Delivery(order[qi - 1], job_id_of(handle), body, token, count, handle)
             self._held[token] = (delivery, until)
             out.append(delivery)
         return out, int(reply[0])

@@ -1,4 +1,5 @@
--- Lease up to max_count jobs across the queues, in queue order. First, per queue: due scheduled
+-- Lease up to max_count jobs across the queues, in the order given (the consumer starts each fetch
+-- with the next queue, so none starves). First, per queue: due scheduled
 -- jobs join the back of ready and expired leases go back to the front (their token removed, so
 -- the old holder can no longer extend or settle them). ARGV: n_queues, max_count, lease ms,
 -- token prefix, last token number used.
