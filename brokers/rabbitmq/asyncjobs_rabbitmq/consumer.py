@@ -76,7 +76,7 @@ class RabbitConsumer:
         self._waiting: list[tuple[float, int, str, DeliveredMessage]] = []  # due soon: held here until due
         # The last acks sent: an ack still unread by the server when its channel closes is lost, and
         # at most ``prefetch`` per queue can be unread (an unread ack still takes a prefetch slot).
-        self._sent_acks: dict[str, tuple[bytes, AbstractChannel, int]] = {}
+        self._sent_acks: dict[str, tuple[bytes, int, AbstractChannel, int]] = {}  # body, copy, channel, seq
         self._sent_order: deque[tuple[str, int]] = deque()
         self._sent_limit = max(64, 2 * prefetch * len(queues))
         self._tags: dict[str, str] = {}  # queue -> consumer tag
@@ -329,7 +329,7 @@ class RabbitConsumer:
             await lease.channel.basic_ack(lease.tag, wait=False)
         except _CLOSED:
             return False
-        self._window(lease.channel).settle([lease.tag])  # any prefix it completes was acked already
+        self._window(lease.channel).sent([lease.tag])
         self._sent(lease)
         return True
 
@@ -339,11 +339,11 @@ class RabbitConsumer:
         if job_id is None:
             return
         seq = next(self._serial)
-        self._sent_acks[job_id] = (lease.message.body, lease.channel, seq)
+        self._sent_acks[job_id] = (lease.message.body, wire.copy_of(wire.headers_of(lease.message)), lease.channel, seq)
         self._sent_order.append((job_id, seq))
         if len(self._sent_order) > self._sent_limit:
             old, old_seq = self._sent_order.popleft()
-            if self._sent_acks.get(old, (b"", None, 0))[2] == old_seq:
+            if self._sent_acks.get(old, (b"", 0, None, 0))[3] == old_seq:
                 del self._sent_acks[old]
 
     def _ack_was_lost(self, job_id: str | None, message: DeliveredMessage) -> bool:
@@ -351,13 +351,16 @@ class RabbitConsumer:
         if job_id is None or not (redelivered(message) or wire.server_count_of(wire.headers_of(message))):
             return False
         sent = self._sent_acks.get(job_id)
-        return sent is not None and sent[1].is_closed and sent[0] == message.body
+        if sent is None:
+            return False
+        body, copy, channel, _ = sent
+        return channel.is_closed and body == message.body and copy == wire.copy_of(wire.headers_of(message))
 
     async def _nack(self, lease: Lease) -> None:
         lease.settled = True
         with contextlib.suppress(*_CLOSED):  # its channel is gone: the server requeued it already
             await lease.channel.basic_nack(lease.tag, requeue=True, wait=False)
-            self._window(lease.channel).settle([lease.tag])
+            self._window(lease.channel).sent([lease.tag])
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Ack deliveries on their channels: a finished run of tags with one ``multiple`` frame, others one by one.

@@ -36,23 +36,47 @@ class Lease:
 
 
 class AckWindow:
-    """The unsettled delivery tags of one channel in order, so a run of finished ones is acked with one frame."""
+    """The unacked delivery tags of one channel in order, so a run of finished ones is acked with one frame.
 
-    __slots__ = ("done", "order")
+    A ``multiple`` ack must name a tag that is still unacked (RabbitMQ closes the channel on an
+    unknown delivery tag), so the tags already acked one by one are remembered apart and never
+    chosen as the tag of a ``multiple`` ack.
+    """
+
+    __slots__ = ("acked", "order")
 
     def __init__(self) -> None:
         self.order: deque[int] = deque()
-        self.done: set[int] = set()
+        self.acked: set[int] = set()  # acked one by one, still in ``order`` behind an unfinished tag
 
     def settle(self, tags: Sequence[int]) -> tuple[int | None, list[int]]:
-        """Mark ``tags`` settled: the last tag of the settled prefix (one ``multiple`` ack) and the rest."""
-        done, order = self.done, self.order
-        done.update(tags)
+        """Ack ``tags``: the tag of one ``multiple`` ack for the finished run at the front, and the rest.
+
+        The caller sends both; the rest are remembered as acked one by one.
+        """
+        pending, acked, order = set(tags), self.acked, self.order
         last = None
-        while order and order[0] in done:
-            last = order.popleft()
-            done.discard(last)
-        return last, [t for t in tags if t in done]
+        while order and (order[0] in pending or order[0] in acked):
+            tag = order.popleft()
+            if tag in pending:
+                pending.discard(tag)
+                last = tag
+            else:
+                acked.discard(tag)
+        singles = [tag for tag in tags if tag in pending]
+        acked.update(singles)
+        self._trim()
+        return last, singles
+
+    def sent(self, tags: Sequence[int]) -> None:
+        """``tags`` were acked or nacked one by one, outside :meth:`settle`."""
+        self.acked.update(tags)
+        self._trim()
+
+    def _trim(self) -> None:
+        order, acked = self.order, self.acked
+        while order and order[0] in acked:
+            acked.discard(order.popleft())
 
 
 Move = tuple[Lease, str, int]

@@ -24,6 +24,7 @@ from asyncjobs.envelope import peek_id
 DUE = "x-aj-due-ms"
 PRIOR = "x-aj-deliveries"
 DEAD = "x-aj-dead"
+COPY = "x-aj-copy"  # how many times this body was re-published by a consumer (moved, given back)
 _SERVER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", PRIOR)
 PERSISTENT = 2
 
@@ -84,11 +85,22 @@ def server_count_of(headers: dict[str, Any]) -> int | None:
 
 
 def carried_headers(headers: dict[str, Any], prior: int) -> dict[str, Any] | None:
-    """Headers for a re-publish: ours and the producer's kept, the server's dropped, ``prior`` recorded."""
+    """Headers for a re-publish: ours and the producer's kept, the server's dropped, ``prior`` recorded.
+
+    The copy number goes up by one, so the new copy is never taken for a redelivery of the message
+    it replaces (same body, same job id) whose ack went out on a channel that then closed.
+    """
     kept = {k: v for k, v in headers.items() if not k.startswith(_SERVER_HEADERS)}
     if prior:
         kept[PRIOR] = prior
-    return kept or None
+    kept[COPY] = copy_of(headers) + 1
+    return kept
+
+
+def copy_of(headers: dict[str, Any]) -> int:
+    """Which copy of its body a message is: 0 as enqueued, one more per re-publish by a consumer."""
+    value = headers.get(COPY, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def dead_headers(info: DeadLetterInfo) -> dict[str, Any]:

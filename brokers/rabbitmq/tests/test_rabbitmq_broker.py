@@ -329,11 +329,42 @@ async def test_many_delayed_jobs_hop_buckets_together_and_none_is_early(broker: 
 
 def test_ack_window_acks_a_finished_run_with_one_frame_and_the_rest_one_by_one() -> None:
     window = AckWindow()
-    window.order.extend([1, 2, 3, 4, 5])
+    window.order.extend([1, 2, 3, 4, 5, 6, 7])
     assert window.settle([2, 4]) == (None, [2, 4]), "1 still runs: no multiple ack may cover it"
-    assert window.settle([1]) == (2, []), "1 and the already acked 2 form the finished run"
-    assert window.settle([3, 5]) == (5, [])
-    assert not window.order and not window.done
+    assert window.settle([1]) == (1, []), "2 was acked already: a multiple ack naming it is an unknown tag"
+    assert window.settle([3, 5]) == (5, []), "3, the acked 4 and 5: one frame naming 5"
+    window.sent([7])  # acked one by one elsewhere
+    assert window.settle([6]) == (6, [])
+    assert not window.order and not window.acked
+
+
+def test_ack_window_never_names_a_tag_twice() -> None:
+    """Whatever order jobs finish in: every frame names an unacked tag, covers only finished jobs, and all end acked."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        window = AckWindow()
+        tags = list(range(1, 31))
+        window.order.extend(tags)
+        left = tags[:]
+        rng.shuffle(left)
+        finished: set[int] = set()
+        outstanding = set(tags)  # not acked on the wire yet
+        while left:
+            k = rng.randint(1, 4)
+            batch, left = left[:k], left[k:]
+            finished.update(batch)
+            last, singles = window.settle(batch)
+            for tag in singles:
+                assert tag in outstanding, f"tag {tag} acked twice"
+                outstanding.discard(tag)
+            if last is not None:
+                assert last in outstanding, f"a multiple ack names {last}, which is acked already"
+                run = {t for t in outstanding if t <= last}
+                assert run <= finished, f"a multiple ack up to {last} covers unfinished {sorted(run - finished)}"
+                outstanding -= run
+        assert not outstanding, f"never acked: {sorted(outstanding)}"
 
 
 async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(broker: RabbitBroker) -> None:
@@ -351,6 +382,30 @@ async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(bro
     finally:
         await consumer.close()
     assert (await broker.stats(Q)).ready == 0, "the redelivery was acked"
+
+
+async def test_a_moved_delayed_job_is_not_taken_for_its_acked_original_when_the_channel_closes(
+    broker: RabbitBroker,
+) -> None:
+    """A re-bucketed copy has the body of the original whose ack was sent: it must still run.
+
+    The job comes back from the 0.25 s bucket not yet due and is moved into it again (the original
+    acked); the copy comes back with 0.1 s to go and is held here. Then the channel closes: the
+    copy returns redelivered, like an original whose ack was lost, and must not be acked unrun.
+    """
+    sent = job(not_before=wall_time() + 0.6)
+    await broker.enqueue([sent])
+    consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
+    try:
+        with anyio.fail_after(10):
+            while not consumer._waiting:
+                assert await consumer.fetch(1, 0.02) == []
+        assert sent.id in consumer._sent_acks, "the original was moved, and its ack sent on this channel"
+        await consumer._waiting[0][3].channel.close()
+        got = await fetch_one(consumer, within=10.0)
+        assert [d.job_id for d in got] == [sent.id], "the job was lost"
+    finally:
+        await consumer.close()
 
 
 def test_consumers_get_a_consumer_timeout_only_where_the_server_takes_it() -> None:
