@@ -185,8 +185,14 @@ class RabbitBroker:
 
     async def _messages(self, jobs: Sequence[OutgoingJob]) -> list[Outgoing]:
         messages: list[Outgoing] = []
+        work: dict[str, str] = {}  # the work queue of each queue, looked up once per batch
         for job in jobs:
-            key = await self.route(job.queue, job.not_before)
+            if job.not_before is None:
+                key = work.get(job.queue)
+                if key is None:
+                    key = work[job.queue] = await self.route(job.queue, None)
+            else:
+                key = await self.route(job.queue, job.not_before)
             messages.append((key, job.body, wire.properties(job.id, wire.due_headers(job.not_before))))
         return messages
 

@@ -23,6 +23,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
+from pamqp import frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
@@ -38,17 +39,24 @@ def can_batch(channel: aiormq.Channel) -> bool:
 
 
 def _frames(channel: aiormq.Channel, messages: Sequence[Outgoing]) -> bytes:
-    size = int(channel.max_content_size)
-    frames: list[Any] = []
-    publish_to: dict[str, spec.Basic.Publish] = {}
+    """The wire bytes of every message: publish method, content header and body frames.
+
+    The method frame depends only on the routing key, so it is encoded once per key and batch
+    (encoding it is as costly as the header and body frames together).
+    """
+    number, size = channel.number, int(channel.max_content_size)
+    methods: dict[str, bytes] = {}
+    parts: list[bytes] = []
     for key, body, properties in messages:
-        method = publish_to.get(key)
+        method = methods.get(key)
         if method is None:
-            method = publish_to[key] = spec.Basic.Publish(exchange="", routing_key=key, mandatory=True)
-        frames.append(method)
-        frames.append(ContentHeader(properties=properties, body_size=len(body)))
-        frames.extend(ContentBody(body[i : i + size]) for i in range(0, len(body), size))
-    return ChannelFrame.marshall(channel_number=channel.number, frames=frames).payload
+            method = methods[key] = frame.marshal(
+                spec.Basic.Publish(exchange="", routing_key=key, mandatory=True), number
+            )
+        parts.append(method)
+        parts.append(frame.marshal(ContentHeader(properties=properties, body_size=len(body)), number))
+        parts.extend(frame.marshal(ContentBody(body[i : i + size]), number) for i in range(0, len(body), size))
+    return b"".join(parts)
 
 
 async def publish_many(channel: aiormq.Channel, messages: Sequence[Outgoing]) -> list[BaseException | Any]:
