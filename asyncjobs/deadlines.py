@@ -25,9 +25,6 @@ class Deadlines:
         self._at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def __len__(self) -> int:
-        return len(self.running)
-
     def add(self, held: Held, timeout: float) -> None:
         """Cancel ``held``'s scope ``timeout`` seconds from now, unless it is discarded from :attr:`running` first."""
         loop = asyncio.get_running_loop()
