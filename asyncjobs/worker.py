@@ -261,7 +261,7 @@ class Worker:
         assert self._stopping is not None
         task = asyncio.current_task()
         slot = self.stall.slot(task)
-        buffer, idle = self._buffer, self._idle
+        buffer, idle, chain = self._buffer, self._idle, self._chain
         try:
             while True:
                 if not buffer:
@@ -279,9 +279,14 @@ class Worker:
                     await settler.release(held)
                 else:
                     slot.held = held
+                    held.running = True
                     try:
-                        outcome = await self._run_one(held)
+                        job = self._prepare(held)
+                        outcome: Outcome | None = await chain(job) if isinstance(job, Job) else job
+                    except Interrupted:
+                        outcome = None
                     finally:
+                        held.running = False
                         slot.held = None
                     if outcome is not None and outcome.kind in ("done", "skipped") and not held.lost:
                         held.settling = True  # the common case: acked in the next batch, no await
@@ -293,36 +298,33 @@ class Worker:
             if task is not None:
                 self.stall.slots.pop(task, None)
 
-    async def _run_one(self, held: Held) -> Outcome | None:
-        """Decode and run one job; its outcome, or ``None`` when the worker interrupted it."""
+    def _prepare(self, held: Held) -> Job | Outcome:
+        """Decode a delivery into the :class:`Job` to run, or the outcome of a job that must not run.
+
+        Bad input (a body that does not decode, an unknown task) and a job whose deliveries have
+        used up its attempts are dead-lettered without reaching the middleware chain.
+        """
         delivery = held.delivery
         held.started = started = wall_time()
-        held.running = True
         try:
             held.envelope = env = decode(delivery.body)
         except Exception as exc:  # whatever a body provokes, it is bad input to dead-letter, never a crash
-            held.running = False
             unreadable = exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
             return Outcome("dead", "malformed", unreadable)
-        try:
-            attempt = env.attempt + delivery.delivery_count - 1
-            held.task, held.attempt = env.task, attempt
-            spec = self.app.tasks.get(env.task)
-            if spec is None:
-                unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
-                return Outcome("dead", "unknown_task", unknown)
-            job = Job(env, delivery, spec, attempt, started, held=held)
-            if attempt > job.max_attempts:
-                error = AsyncJobsError(
-                    f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
-                    f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
-                )
-                return Outcome("dead", "max_attempts", error)
-            return await self._chain(job)
-        except Interrupted:
-            return None
-        finally:
-            held.running = False
+        attempt = env.attempt + delivery.delivery_count - 1
+        held.task, held.attempt = env.task, attempt
+        spec = self.app.tasks.get(env.task)
+        if spec is None:
+            unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
+            return Outcome("dead", "unknown_task", unknown)
+        job = Job(env, delivery, spec, attempt, started, held=held)
+        if attempt > job.max_attempts:
+            error = AsyncJobsError(
+                f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
+                f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
+            )
+            return Outcome("dead", "max_attempts", error)
+        return job
 
     async def _settle(self, held: Held, outcome: Outcome | None, settler: Settler) -> None:
         if held.lost:  # the job may run elsewhere now: never settle it here
