@@ -52,8 +52,9 @@ _KNOWN = frozenset(
         "headers",
     }
 )
-_ALWAYS = frozenset({"v", "id", "task", "args", "kwargs", "attempt", "enqueued_at", "queue"})  # written for every job
-_ALWAYS_FIELDS = itemgetter("v", "id", "task", "args", "kwargs", "attempt", "enqueued_at", "queue")
+_ALWAYS_NAMES = ("v", "id", "task", "args", "kwargs", "attempt", "enqueued_at", "queue")  # written for every job
+_ALWAYS = frozenset(_ALWAYS_NAMES)
+_ALWAYS_FIELDS = itemgetter(*_ALWAYS_NAMES)
 
 
 def new_id() -> str:
@@ -228,8 +229,6 @@ def _decode_checked(doc: dict[str, Any]) -> Envelope:
     enqueued_at = get("enqueued_at")
     if enqueued_at is not None and type(enqueued_at) is not float:
         enqueued_at = float(_check(enqueued_at, (int, float), "enqueued_at"))
-    if doc.keys() == _ALWAYS:  # what the encoder writes for a job with no options: nothing more to look for
-        return Envelope(task, tuple(args), kwargs, job_id, queue, attempt, enqueued_at or 0.0)
     headers = get("headers")
     if headers is None:
         headers = {}
