@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ class Held:
     outcome is known; ``envelope`` is the job as decoded (``None`` until then, or if it would not decode);
     ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs,
     and ``deadline`` the event-loop time at which it is cancelled for taking too long.
+    ``cancelled`` is set when :meth:`cancel` cancels that scope (the only way it is cancelled).
     """
 
     delivery: Delivery
@@ -53,6 +54,7 @@ class Held:
     lost: bool = False
     stopping: bool = False
     settling: bool = False
+    cancelled: bool = False
 
     def describe(self) -> str:
         """``job ID (task NAME, attempt N)`` for log lines."""
@@ -66,6 +68,7 @@ class Held:
     def cancel(self) -> None:
         """Cancel the handler running under this lease, if any."""
         if self.scope is not None:
+            self.cancelled = True
             self.scope.cancel()
 
 
@@ -83,10 +86,12 @@ class LeaseKeeper:
         self._interval = interval
         self.held: dict[Delivery, Held] = {}
 
-    def add(self, delivery: Delivery) -> Held:
-        """Start keeping the lease of a new delivery."""
-        held = self.held[delivery] = Held(delivery, monotonic() + self._lease)
-        return held
+    def add(self, deliveries: Sequence[Delivery]) -> list[Held]:
+        """Start keeping the leases of new deliveries."""
+        until, held = monotonic() + self._lease, self.held
+        added = [Held(delivery, until) for delivery in deliveries]
+        held.update(zip(deliveries, added, strict=True))
+        return added
 
     def remove(self, helds: Iterable[Held]) -> None:
         """Stop keeping these leases (settled, released or lost)."""

@@ -51,19 +51,19 @@ class Waiters:
     runner per batch of jobs, rather than all of them, spares the rest a pointless trip round the loop.
     """
 
-    __slots__ = ("_parked", "_woken")
+    __slots__ = ("_woken", "parked")
 
     def __init__(self) -> None:
-        self._parked: deque[asyncio.Future[bool]] = deque()
+        self.parked: deque[asyncio.Future[bool]] = deque()
         self._woken = 0  # woken by wake_one and not yet running again
 
     def __bool__(self) -> bool:
-        return bool(self._parked)
+        return bool(self.parked)
 
     async def wait(self) -> None:
         """Park until woken (or cancelled)."""
         parked = asyncio.get_running_loop().create_future()
-        self._parked.append(parked)
+        self.parked.append(parked)
         try:
             await parked
         finally:
@@ -74,7 +74,7 @@ class Waiters:
 
     def wake_one(self) -> None:
         """Make sure one parked task is on its way: wake one, unless one woken this way has not run yet."""
-        parked = self._parked
+        parked = self.parked
         while parked and not self._woken:
             waiter = parked.popleft()
             if not waiter.done():
@@ -83,7 +83,7 @@ class Waiters:
 
     def wake_all(self) -> None:
         """Wake every parked task."""
-        parked, self._parked = self._parked, deque()
+        parked, self.parked = self.parked, deque()
         for waiter in parked:
             if not waiter.done():
                 waiter.set_result(False)
@@ -231,7 +231,7 @@ class Worker:
                     continue
                 backoff = _FETCH_BACKOFF[0]
                 if deliveries:
-                    self._buffer.extend(keeper.add(d) for d in deliveries)  # kept alive from now on
+                    self._buffer.extend(keeper.add(deliveries))  # kept alive from now on
                     self._idle.wake_one()  # it passes the baton on if more jobs wait (see _runner)
         finally:
             self._fetch_over = True
@@ -261,7 +261,7 @@ class Worker:
         assert self._stopping is not None
         task = asyncio.current_task()
         slot = self.stall.slot(task)
-        buffer, idle, chain = self._buffer, self._idle, self._chain
+        buffer, idle, chain, acks = self._buffer, self._idle, self._chain, settler.acks.pending
         try:
             while True:
                 if not buffer:
@@ -270,7 +270,7 @@ class Worker:
                     await idle.wait()
                     continue
                 held = buffer.popleft()
-                if buffer:  # pass the baton: another runner takes the next job if this one blocks
+                if buffer and idle.parked:  # pass the baton: another runner takes the next job if this one blocks
                     idle.wake_one()
                 if held.lost:
                     self.stats.lease_lost += 1
@@ -291,7 +291,9 @@ class Worker:
                     if outcome is not None and outcome.kind in ("done", "skipped") and not held.lost:
                         held.settling = True  # the common case: acked in the next batch, no await
                         held.outcome = outcome.kind
-                        settler.acks.push(held)
+                        if not acks:
+                            acks.wake()
+                        acks.append(held)
                     else:
                         await self._settle(held, outcome, settler)
         finally:
@@ -318,10 +320,11 @@ class Worker:
             unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
             return Outcome("dead", "unknown_task", unknown)
         job = Job(env, delivery, spec, attempt, started, held=held)
-        if attempt > job.max_attempts:
+        most = job.max_attempts if env.extra else spec.options.retry.max_attempts  # only extra can override
+        if attempt > most:
             error = AsyncJobsError(
                 f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
-                f"attempt {attempt} exceeds max_attempts={job.max_attempts}"
+                f"attempt {attempt} exceeds max_attempts={most}"
             )
             return Outcome("dead", "max_attempts", error)
         return job

@@ -3,6 +3,10 @@
 A middleware can wrap the rest of the chain in ``async with`` (a span, a cancel scope, a dedupe
 claim), inspect or replace the :class:`~asyncjobs.job.Outcome`, or return one without calling
 ``call_next`` (a duplicate that must not run).
+
+A middleware may also offer ``wrap(call_next)``, returning an ``async`` callable of the job alone
+that does what ``__call__`` does: :func:`build_chain` then calls it directly, one Python call per
+job fewer than binding ``call_next`` to ``__call__`` (see :class:`WrappingMiddleware`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ class Middleware(Protocol):
         ...
 
 
+class WrappingMiddleware(Middleware, Protocol):
+    """A middleware that can also be composed ahead of time, as the built-in layers are."""
+
+    def wrap(self, call_next: CallNext) -> CallNext:
+        """This layer around ``call_next``, as an ``async`` callable of the job alone."""
+        ...
+
+
 def build_chain(middleware: Sequence[Middleware], innermost: CallNext) -> CallNext:
     """Compose ``middleware`` (outermost first) around ``innermost``."""
     call = innermost
     for layer in reversed(middleware):
-        call = _bind(layer, call)
+        wrap = getattr(layer, "wrap", None)
+        call = wrap(call) if callable(wrap) else _Bound(layer, call)
     return call
 
 
@@ -42,7 +55,3 @@ class _Bound:
 
     def __call__(self, job: Job) -> Awaitable[Outcome]:
         return self.layer(job, self.call_next)
-
-
-def _bind(layer: Middleware, call_next: CallNext) -> CallNext:
-    return _Bound(layer, call_next)

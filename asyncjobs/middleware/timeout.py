@@ -34,33 +34,42 @@ class TimeoutMiddleware:
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Run ``call_next`` under the job's deadline."""
-        held = job.held
-        if held is None:
-            return await self._bare(job, call_next)
-        if held.lost or held.stopping:
-            raise Interrupted
-        scope_type = self._scope_type
-        if scope_type is None:  # the event loop's own scope class: anyio.CancelScope() looks it up on every call
-            scope_type = self._scope_type = type(anyio.CancelScope())
-        timeout = job.timeout
+        return await self.wrap(call_next)(job)
+
+    def wrap(self, call_next: CallNext) -> CallNext:
+        """This layer around ``call_next`` (see :func:`~asyncjobs.middleware.chain.build_chain`)."""
         deadlines = self.deadlines
-        with scope_type() as scope:
-            held.scope = scope
-            if timeout is not None:
-                deadlines.add(held, timeout)
-                # The deadline anyio.current_effective_deadline() reports inside the handler. Set
-                # without the property, which would arm anyio's own timer: Deadlines keeps time.
-                scope._deadline = held.deadline  # type: ignore[attr-defined]
-            try:
-                outcome = await call_next(job)
-            finally:
-                held.scope = None
-                deadlines.running.discard(held)
-        if not scope.cancel_called:
-            return outcome
-        if held.lost or held.stopping:
-            raise Interrupted
-        self._timed_out(job, scope, timeout)
+
+        async def timeout_scope(job: Job) -> Outcome:
+            held = job.held
+            if held is None:
+                return await self._bare(job, call_next)
+            if held.lost or held.stopping:
+                raise Interrupted
+            scope_type = self._scope_type
+            if scope_type is None:  # the event loop's own scope class: anyio.CancelScope() looks it up on every call
+                scope_type = self._scope_type = type(anyio.CancelScope())
+            env = job.envelope
+            timeout = env.timeout if env.timeout is not None else job.spec.options.timeout
+            with scope_type() as scope:
+                held.scope = scope
+                if timeout is not None:
+                    deadlines.add(held, timeout)
+                    # The deadline anyio.current_effective_deadline() reports inside the handler. Set
+                    # without the property, which would arm anyio's own timer: Deadlines keeps time.
+                    scope._deadline = held.deadline  # type: ignore[attr-defined]
+                try:
+                    outcome = await call_next(job)
+                finally:
+                    held.scope = None
+                    deadlines.running.discard(held)
+            if not held.cancelled:  # every cancel of this scope goes through held.cancel()
+                return outcome
+            if held.lost or held.stopping:
+                raise Interrupted
+            self._timed_out(job, scope, timeout)
+
+        return timeout_scope
 
     async def _bare(self, job: Job, call_next: CallNext) -> Outcome:
         timeout = job.timeout
