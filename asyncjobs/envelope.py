@@ -183,7 +183,13 @@ def _parse_stdlib(body: bytes) -> Any:
 
 def decode(body: bytes) -> Envelope:
     """Parse ``body`` into an :class:`Envelope` or raise :class:`EnvelopeError` saying why."""
-    doc = _parse(body)
+    if _orjson is not None and _LONG_RUN not in body.translate(_DIGITS_ONLY):  # _parse, inline
+        try:
+            doc = _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            doc = _parse_stdlib(body)
+    else:
+        doc = _parse_stdlib(body)
     if type(doc) is not dict:
         raise EnvelopeError("message is not a JSON object")
     if doc.keys() == _ALWAYS:  # what the encoder writes for a job with no options: check it in one go
