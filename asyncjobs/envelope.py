@@ -146,6 +146,7 @@ _WHITESPACE = " \t\n\r"
 # (C speed: a regular expression costs more than orjson's whole parse).
 _DIGITS_ONLY = bytes(b"0"[0] if chr(i).isdigit() and i < 128 else b" "[0] for i in range(256))
 _LONG_RUN = b"0" * 19
+_EXACT = frozenset({str, int, bool, type(None)})  # argument types orjson reads as the standard library does
 
 
 def _parse(body: bytes) -> Any:
@@ -182,14 +183,21 @@ def _parse_stdlib(body: bytes) -> Any:
 
 
 def decode(body: bytes) -> Envelope:
-    """Parse ``body`` into an :class:`Envelope` or raise :class:`EnvelopeError` saying why."""
-    if _orjson is not None and _LONG_RUN not in body.translate(_DIGITS_ONLY):  # _parse, inline
-        try:
-            doc = _orjson.loads(body)
-        except _orjson.JSONDecodeError:
-            doc = _parse_stdlib(body)
+    """Parse ``body`` into an :class:`Envelope` or raise :class:`EnvelopeError` saying why.
+
+    With orjson installed the body is parsed by orjson first. Its reading differs from the standard
+    library's in one way only: an integer of 19 digits or more may come back as a float. So its
+    document is used as it is when the job's arguments hold only strings, integers, booleans and
+    ``None`` (no float or container that such an integer could hide in), or when the body has no run
+    of 19 digits; otherwise the body is read again by the standard library (see :func:`_parse`).
+    """
+    if _orjson is None:
+        doc, exact = _parse_stdlib(body), True
     else:
-        doc = _parse_stdlib(body)
+        try:
+            doc, exact = _orjson.loads(body), False
+        except _orjson.JSONDecodeError:  # what orjson refuses (a lone surrogate): read, or refused, as stdlib does
+            doc, exact = _parse_stdlib(body), True
     if type(doc) is not dict:
         raise EnvelopeError("message is not a JSON object")
     if doc.keys() == _ALWAYS:  # what the encoder writes for a job with no options: check it in one go
@@ -207,8 +215,14 @@ def decode(body: bytes) -> Envelope:
             and type(attempt) is int
             and attempt >= 1
             and type(enqueued_at) is float
+        ) and (
+            exact
+            or (_EXACT.issuperset(map(type, args)) and _EXACT.issuperset(map(type, kwargs.values())))
+            or _LONG_RUN not in body.translate(_DIGITS_ONLY)
         ):
             return Envelope(task, tuple(args), kwargs, job_id, queue, attempt, enqueued_at)
+    if not exact and _LONG_RUN in body.translate(_DIGITS_ONLY):
+        doc = _parse_stdlib(body)  # orjson may have read an integer of 19 digits or more as a float
     return _decode_checked(doc)
 
 

@@ -95,6 +95,36 @@ def test_parse_reads_every_document_as_the_standard_library_does(value: object) 
         assert json.dumps(parsed) == json.dumps(value), "same types too (an int stays an int)"
 
 
+@given(value=any_json)
+def test_decode_gives_handlers_the_arguments_the_standard_library_reads(value: object) -> None:
+    """Whatever the arguments hold (a long integer inside a list too), the handler gets exact values."""
+    body = Envelope(task="t", args=(value, 7), kwargs={"k": value}).encode()
+    expected = json.loads(body)
+    for accelerated in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            if not accelerated:
+                patch.setattr(envelope_module, "_orjson", None)
+            env = decode(body)
+        assert json.dumps(list(env.args)) == json.dumps(expected["args"]), "same values and types"
+        assert json.dumps(env.kwargs) == json.dumps(expected["kwargs"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [123456789012345678901234567890],
+        [-9223372036854775809, "x"],
+        [[12345678901234567890123]],
+        [{"n": 12345678901234567890123}, 1.5],
+        ["12345678901234567890123"],
+    ],
+)
+def test_decode_keeps_long_integers_exact(args: list[object]) -> None:
+    env = decode(Envelope(task="t", args=tuple(args)).encode())
+    assert list(env.args) == args
+    assert [type(a) for a in env.args] == [type(a) for a in args]
+
+
 @pytest.mark.parametrize(
     "body",
     [
