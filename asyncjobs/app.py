@@ -189,7 +189,7 @@ class App:
     def build(self, spec: TaskSpec, call: CallOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
         """The envelope of one call, with its arguments checked against the handler's signature."""
         try:
-            spec.signature.bind(*args, **kwargs)
+            spec.check_arguments(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"task {spec.name!r}: {exc}") from None
         now = wall_time()

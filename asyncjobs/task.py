@@ -50,6 +50,36 @@ class TaskSpec:
     fn: Callable[..., Awaitable[Any]]
     options: TaskOptions
     signature: inspect.Signature
+    positional: tuple[int, float] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positional", positional_arity(self.signature))
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` (as a call of the handler would) unless the arguments fit its signature."""
+        bounds = self.positional
+        if bounds is not None and not kwargs and bounds[0] <= len(args) <= bounds[1]:
+            return  # positional arguments only, as many as the handler takes: they bind
+        self.signature.bind(*args, **kwargs)
+
+
+def positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
+    """How many positional arguments alone make a valid call: (fewest, most), or ``None`` if none do.
+
+    A call with positional arguments only binds exactly when their number lies in that range; every
+    other call is checked by :meth:`inspect.Signature.bind`, which also says what is wrong.
+    """
+    fewest, most = 0, 0.0
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if param.default is param.empty:
+                fewest = int(most)
+        elif param.kind is param.VAR_POSITIONAL:
+            most = float("inf")
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            return None  # needs a keyword argument
+    return fewest, most
 
 
 @dataclass(frozen=True, slots=True)

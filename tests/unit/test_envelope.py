@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncjobs.envelope as envelope_module
-from asyncjobs.envelope import Envelope, decode
+from asyncjobs.envelope import Envelope, decode, new_id
 from asyncjobs.errors import EnvelopeError
 
 json_values = st.recursive(
@@ -71,9 +72,25 @@ def test_invalid_envelopes_are_refused_with_a_reason(body: bytes, message: str) 
         decode(body)
 
 
-def test_unserialisable_arguments_fail_at_enqueue_not_in_the_worker() -> None:
+@pytest.mark.parametrize("bad", [object(), float("nan"), float("inf"), {1j: 1}, b"bytes"])
+def test_unserialisable_arguments_fail_at_enqueue_not_in_the_worker(bad: object) -> None:
     with pytest.raises(EnvelopeError, match="not JSON-serialisable"):
-        Envelope(task="t", args=(object(),)).encode()
+        Envelope(task="t", args=(bad,)).encode()
+
+
+def test_arguments_with_a_cycle_fail_at_enqueue_with_a_clear_error() -> None:
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(EnvelopeError, match="nested too deeply, or contain a cycle"):
+        Envelope(task="t", args=(cycle,)).encode()
+
+
+def test_new_ids_are_random_version_4_uuids() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for job_id in ids:
+        parsed = uuid.UUID(job_id)
+        assert (parsed.hex, parsed.version, parsed.variant) == (job_id, 4, uuid.RFC_4122)
 
 
 any_json = st.recursive(
@@ -180,3 +197,11 @@ def test_numbers_that_are_not_finite_and_a_timeout_not_above_zero_are_refused(fi
     """A foreign producer's NaN timeout would never fire; refused, the job is dead-lettered as malformed."""
     with pytest.raises(EnvelopeError, match=why):
         decode(f'{{"v": 1, "id": "x", "task": "t", {fields}}}'.encode())
+
+
+@given(value=any_json)
+def test_encode_writes_what_the_standard_library_writes(value: object) -> None:
+    env = Envelope(task="t", args=(value,), kwargs={"k": value}, id="i", enqueued_at=1.5)
+    expected = {"v": 1, "id": "i", "task": "t", "args": [value], "kwargs": {"k": value}}
+    expected |= {"attempt": 1, "enqueued_at": 1.5, "queue": "default"}
+    assert env.encode() == json.dumps(expected, separators=(",", ":"), allow_nan=False).encode()
