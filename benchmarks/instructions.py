@@ -6,10 +6,11 @@ tool counts every instruction the process executes, the same on every run. This 
 memory scenarios' drain that way, as instructions per job, and the ratio of each to the bare
 asyncio loop (the ceiling), so a change to the worker can be judged to the percent.
 
-Each scenario runs in a child process four times: ``N`` and ``2N`` jobs, each with and without
-the drain. The instructions of one drained job are
+Each scenario runs in a child process four times: ``N`` and ``2N`` jobs, each enqueued one call
+at a time, with and without the drain. The instructions of one drained job are
 ``((full 2N - enqueue-only 2N) - (full N - enqueue-only N)) / N``, so start-up, enqueue and the
-worker's own start and stop all cancel out. Instructions are not time (a cache miss costs more
+worker's own start and stop all cancel out; those of one enqueue call are
+``(enqueue-only 2N - enqueue-only N) / N``. Instructions are not time (a cache miss costs more
 than an add), so this complements the wall-clock figures; it does not replace them.
 """
 
@@ -48,10 +49,7 @@ async def _child(key: str, jobs: int, drain: bool) -> None:
         raise SystemExit(f"{key}: {reason}")
     await system.setup()
     try:
-        if system.has_bulk:
-            await system.enqueue_bulk(range(jobs))
-        else:
-            await system.enqueue_series(range(jobs))
+        await system.enqueue_series(range(jobs))  # one call per job, as the wall-clock "enqueue 1x1"
         if drain:
             async with system.worker():
                 await recorder.wait()
@@ -81,6 +79,7 @@ class Count:
     key: str
     label: str
     per_job: float
+    enqueue: float  # instructions of one enqueue call
 
 
 def _measure(keys: list[str], jobs: int, console: Console) -> list[Count]:
@@ -107,7 +106,8 @@ def _measure(keys: list[str], jobs: int, console: Console) -> list[Count]:
     for key in keys:
         big = totals[key, 2 * jobs, True] - totals[key, 2 * jobs, False]
         small = totals[key, jobs, True] - totals[key, jobs, False]
-        counts.append(Count(key, labels[key], (big - small) / jobs))
+        enqueue = (totals[key, 2 * jobs, False] - totals[key, jobs, False]) / jobs
+        counts.append(Count(key, labels[key], (big - small) / jobs, enqueue))
     return counts
 
 
@@ -136,11 +136,12 @@ def main(jobs: int, only: str, child: str, enqueue_only: bool) -> None:
         title=f"memory: CPU instructions per drained job (valgrind callgrind, {jobs:,} and {2 * jobs:,} jobs)"
     )
     table.add_column("scenario")
-    table.add_column("instructions / job", justify="right")
+    table.add_column("drain: instructions / job", justify="right")
     table.add_column("vs ceiling (fewer is faster)", justify="right")
+    table.add_column("enqueue 1x1: instructions / call", justify="right")
     for count in counts:
         ratio = f"{ceiling / count.per_job:.2f}x" if ceiling else "-"
-        table.add_row(count.label, f"{count.per_job:,.0f}", ratio)
+        table.add_row(count.label, f"{count.per_job:,.0f}", ratio, f"{count.enqueue:,.0f}")
     console.print(table)
 
 

@@ -52,7 +52,7 @@ class TimeoutMiddleware:
             env = job.envelope
             timeout = env.timeout if env.timeout is not None else job.spec.options.timeout
             with scope_type() as scope:
-                held.scope = scope
+                held.scope, held.cancelled = scope, False  # a middleware may run the rest of the chain again
                 if timeout is not None:
                     deadlines.add(held, timeout)
                     # The deadline anyio.current_effective_deadline() reports inside the handler. Set

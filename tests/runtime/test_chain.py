@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from asyncjobs import CallNext, Job, Outcome
@@ -82,3 +83,29 @@ async def test_built_in_layers_work_called_directly_as_plain_middleware() -> Non
     async with running(app) as worker:
         await eventually(lambda: worker.stats.dead == 1)
     assert [(o.kind, o.reason, type(o.error)) for o in seen] == [("dead", "max_attempts", ValueError)]
+
+
+async def test_a_layer_may_run_the_rest_again_after_a_timeout() -> None:
+    """Each pass through the timeout layer has its own scope: the first one's timeout does not stick."""
+    calls: list[int] = []
+
+    class AgainOnce:
+        async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+            outcome = await call_next(job)
+            if outcome.kind == "retry" and outcome.reason == "timeout":
+                outcome = await call_next(job)
+            return outcome
+
+    app = memory_app()
+    app.middleware.append(AgainOnce())
+
+    @app.task(timeout=0.2)
+    async def slow_then_fast() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            await anyio.sleep(5)
+
+    await slow_then_fast.enqueue()
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done + worker.stats.retried == 1)
+    assert (worker.stats.done, worker.stats.retried, len(calls)) == (1, 0, 2)
