@@ -32,9 +32,11 @@ from rich.table import Table
 
 from benchmarks.core import Recorder, Workload, new_prefix
 from benchmarks.suite_memory import SYSTEMS as MEMORY_SYSTEMS
+from benchmarks.suite_tracing import SYSTEMS as TRACING_SYSTEMS
 
 # taskiq's InMemoryBroker starts each job on enqueue, so its drain cannot be counted apart.
-SYSTEMS = [s for s in MEMORY_SYSTEMS if s.key != "taskiq-memory"]
+DEFAULT = [s for s in MEMORY_SYSTEMS if s.key != "taskiq-memory"]
+SYSTEMS = DEFAULT + TRACING_SYSTEMS  # the tracing scenarios (all on memory://) when asked for with --only
 
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -115,7 +117,9 @@ def _measure(keys: list[str], jobs: int, console: Console) -> list[Count]:
 @click.option(
     "--jobs", default=3000, show_default=True, help="Jobs of the smaller run (the larger runs twice as many)."
 )
-@click.option("--only", default="", help="Comma-separated scenario keys (default: every memory scenario).")
+@click.option(
+    "--only", default="", help="Comma-separated scenario keys (default: the memory scenarios; tracing-* also work)."
+)
 @click.option("--child", default="", hidden=True)
 @click.option("--enqueue-only", is_flag=True, hidden=True)
 def main(jobs: int, only: str, child: str, enqueue_only: bool) -> None:
@@ -125,7 +129,7 @@ def main(jobs: int, only: str, child: str, enqueue_only: bool) -> None:
         return
     if shutil.which("valgrind") is None:
         raise click.ClickException("valgrind is not installed (Debian: apt-get install valgrind)")
-    keys = [k for k in only.split(",") if k] or [s.key for s in SYSTEMS]
+    keys = [k for k in only.split(",") if k] or [s.key for s in DEFAULT]
     unknown = set(keys) - {s.key for s in SYSTEMS}
     if unknown:
         raise click.ClickException(f"unknown scenario(s): {', '.join(sorted(unknown))}")

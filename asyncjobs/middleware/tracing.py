@@ -50,10 +50,15 @@ _NOT_REAL = (ProxyTracerProvider, NoOpTracerProvider)
 _UNSET_SEEN_DIRECTLY = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ and hasattr(trace, "_TRACER_PROVIDER")
 
 
+def _no_global_provider() -> bool:
+    """True when no global tracer provider is set, nor would be loaded by ``get_tracer_provider``."""
+    return _UNSET_SEEN_DIRECTLY and trace._TRACER_PROVIDER is None
+
+
 def tracing_enabled(provider: trace.TracerProvider | None = None) -> bool:
     """Whether ``provider`` (default: the global one) is a real (SDK) tracer provider."""
     if provider is None:
-        if _UNSET_SEEN_DIRECTLY and trace._TRACER_PROVIDER is None:
+        if _no_global_provider():
             return False
         provider = trace.get_tracer_provider()
     return not isinstance(provider, _NOT_REAL)
@@ -75,6 +80,8 @@ class _Traced:
     def tracer(self) -> trace.Tracer | None:
         if self._explicit is not None:
             return self._explicit
+        if _no_global_provider():
+            return None
         provider = trace.get_tracer_provider()
         if self._global is not None and self._global[0] is provider:
             return self._global[1]
