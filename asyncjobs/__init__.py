@@ -25,7 +25,7 @@ from asyncjobs.errors import (
     UnknownTaskError,
 )
 from asyncjobs.job import Job, Outcome
-from asyncjobs.middleware.chain import CallNext, Middleware
+from asyncjobs.middleware.chain import CallNext, Middleware, WrappingMiddleware
 from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
 from asyncjobs.retrying import Backoff, RetryPolicy
@@ -73,6 +73,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkerStats",
+    "WrappingMiddleware",
     "current_claim",
     "from_url",
     "key_for",
