@@ -297,19 +297,11 @@ class MemoryConsumer:
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove finished jobs."""
-        now, forget, broker = monotonic(), self._held.pop, self._broker
-        jobs, queues = broker._jobs, broker._queues
+        now, forget, settle = monotonic(), self._held.pop, self._broker._settle
         results = []
-        for delivery in deliveries:  # MemoryBroker._settle, inline: this runs once per job
-            handle = delivery.handle
-            forget(handle, None)
-            stored = jobs.get(handle)
-            if stored is not None and stored.token == delivery.token and stored.deadline > now:
-                del jobs[handle]
-                queues[stored.queue].in_flight -= 1
-                results.append(True)
-            else:
-                results.append(False)
+        for delivery in deliveries:
+            forget(delivery.handle, None)
+            results.append(settle(delivery, now) is not None)
         return results
 
     async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:

@@ -88,22 +88,6 @@ def dead_letter_info(
 RETRYABLE = (BrokerConnectionError, ConnectionError, OSError, TimeoutError)
 
 
-class Pending(list[Held]):
-    """The leases waiting for the next batch of acks. A runner appends to it directly (no call per
-    job), after calling :meth:`wake` when it was empty, so that the batcher sends it.
-    """
-
-    __slots__ = ("_batcher",)
-
-    def __init__(self, batcher: AckBatcher) -> None:
-        super().__init__()
-        self._batcher = batcher
-
-    def wake(self) -> None:
-        """Tell the batcher there is something to send."""
-        self._batcher._wakeup.set()
-
-
 class AckBatcher:
     """Groups the acks of jobs that finished close together into one broker call.
 
@@ -115,15 +99,14 @@ class AckBatcher:
     def __init__(self, consumer: Consumer, on_acked: Callable[[list[Held], list[bool]], None]) -> None:
         self._consumer = consumer
         self._on_acked = on_acked
-        self.pending = Pending(self)
+        self._pending: list[Held] = []
         self._wakeup = anyio.Event()
 
     def push(self, held: Held) -> None:
         """Ack ``held`` in the next batch."""
-        pending = self.pending
-        if not pending:
-            pending.wake()
-        pending.append(held)
+        if not self._pending:
+            self._wakeup.set()
+        self._pending.append(held)
 
     async def run(self) -> None:
         """Flush pending acks, one batch at a time, until cancelled."""
@@ -157,10 +140,8 @@ class AckBatcher:
 
     async def flush(self) -> None:
         """Send every pending ack now."""
-        pending = self.pending
-        while pending:
-            batch = pending[:]
-            pending.clear()
+        while self._pending:
+            batch, self._pending = self._pending, []
             self._on_acked(batch, await self._ack(batch))
 
 

@@ -261,7 +261,7 @@ class Worker:
         assert self._stopping is not None
         task = asyncio.current_task()
         slot = self.stall.slot(task)
-        buffer, idle, chain, acks = self._buffer, self._idle, self._chain, settler.acks.pending
+        buffer, idle, chain, acks = self._buffer, self._idle, self._chain, settler.acks
         try:
             while True:
                 if not buffer:
@@ -291,9 +291,7 @@ class Worker:
                     if outcome is not None and outcome.kind in ("done", "skipped") and not held.lost:
                         held.settling = True  # the common case: acked in the next batch, no await
                         held.outcome = outcome.kind
-                        if not acks:
-                            acks.wake()
-                        acks.append(held)
+                        acks.push(held)
                     else:
                         await self._settle(held, outcome, settler)
         finally:
@@ -320,7 +318,7 @@ class Worker:
             unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
             return Outcome("dead", "unknown_task", unknown)
         job = Job(env, delivery, spec, attempt, started, held=held)
-        most = job.max_attempts if env.extra else spec.options.retry.max_attempts  # only extra can override
+        most = job.max_attempts
         if attempt > most:
             error = AsyncJobsError(
                 f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "

@@ -49,8 +49,7 @@ class TimeoutMiddleware:
             scope_type = self._scope_type
             if scope_type is None:  # the event loop's own scope class: anyio.CancelScope() looks it up on every call
                 scope_type = self._scope_type = type(anyio.CancelScope())
-            env = job.envelope
-            timeout = env.timeout if env.timeout is not None else job.spec.options.timeout
+            timeout = job.timeout
             with scope_type() as scope:
                 held.scope, held.cancelled = scope, False  # a middleware may run the rest of the chain again
                 if timeout is not None:
