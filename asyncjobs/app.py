@@ -262,7 +262,7 @@ class App:
                         blocked.add(index)
                         continue
                     claimed.append(env.key)
-                jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0))
+                jobs.append(OutgoingJob(env.id, env.queue, body, env.not_before, env.key, ttl if env.key else 0.0, env))
             stored = iter(await self.broker.enqueue(jobs) if jobs else [])
         except BaseException:
             if claimed:

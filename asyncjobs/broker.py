@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from asyncjobs.errors import BrokerURLError
+
+if TYPE_CHECKING:
+    from asyncjobs.envelope import Envelope
 
 ENTRY_POINT_GROUP = "asyncjobs.brokers"
 
@@ -46,6 +49,11 @@ class OutgoingJob:
     ``not_before`` is a wall-clock time (``None``: ready at once). ``unique_key``, when set and
     the broker has ``supports_unique``, makes the enqueue a no-op while another job with the same
     key was accepted less than ``unique_ttl`` seconds ago.
+
+    ``envelope`` is the envelope ``body`` was encoded from, when the producer has it (``None``
+    otherwise). A broker that sends bytes elsewhere ignores it; one that keeps jobs in this process
+    (``memory://``) may hand it back on :attr:`Delivery.envelope`, so the worker skips a parse that
+    would only rebuild it (see :func:`~asyncjobs.envelope.reads_back_equal`).
     """
 
     id: str
@@ -54,6 +62,7 @@ class OutgoingJob:
     not_before: float | None = None
     unique_key: str | None = None
     unique_ttl: float = 0.0
+    envelope: Envelope | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -67,6 +76,8 @@ class Delivery:
     for a message whose id cannot be read. ``handle`` is private to the broker. ``headers`` are
     the transport's own message headers when it has them (AMQP), as strings: a producer
     instrumented outside asyncjobs puts its W3C ``traceparent`` there rather than in the envelope.
+    ``envelope``, when not ``None``, is what decoding ``body`` gives (the in-memory broker's
+    shortcut, see :class:`OutgoingJob`): the worker uses it instead of parsing ``body``.
     """
 
     queue: str
@@ -76,6 +87,7 @@ class Delivery:
     delivery_count: int = 1
     handle: Any = None
     headers: Mapping[str, str] | None = None
+    envelope: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from math import isfinite
 from operator import itemgetter
@@ -144,7 +144,9 @@ def _c_encoder() -> Callable[[Any], str]:
     if make is None:
         return _ENCODER.encode
     try:
-        iterencode = make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+        iterencode = make(
+            None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+        )
 
         def encode(doc: Any) -> str:
             return "".join(iterencode(doc, 0))
@@ -315,6 +317,52 @@ def _decode_checked(doc: dict[str, Any]) -> Envelope:
         headers,
         extra,
     )
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # immutable, and JSON gives each back equal
+_FLOAT_OR_NONE = frozenset({float, type(None)})
+_STR = frozenset({str})
+
+
+def reads_back_equal(env: Envelope) -> bool:
+    """Whether decoding ``env.encode()`` gives an envelope equal to ``env`` that shares nothing mutable with it.
+
+    True when every argument, keyword argument and extra field is a plain ``str``, ``int``,
+    ``float``, ``bool`` or ``None`` (exact types: JSON turns a tuple into a list and an enum into
+    its value) and every other field has the type decoding gives it. A broker that keeps jobs in
+    this process may then hand ``env`` itself to the worker instead of the bytes to parse.
+    Assumes ``env.encode()`` succeeded (it refuses NaN, infinities and values JSON cannot hold).
+    """
+    args, kwargs, headers, extra, timeout = env.args, env.kwargs, env.headers, env.extra, env.timeout
+    if type(args) is not tuple or not _SCALARS.issuperset(map(type, args)) or type(kwargs) is not dict:
+        return False
+    if kwargs and not (_all_str(kwargs) and _SCALARS.issuperset(map(type, kwargs.values()))):
+        return False
+    if type(headers) is not dict or (headers and not (_all_str(headers) and _all_str(headers.values()))):
+        return False
+    if type(extra) is not dict or (extra and not _plain_extra(extra)):
+        return False
+    return (
+        type(env.task) is str
+        and type(env.id) is str
+        and type(env.queue) is str
+        and type(env.attempt) is int
+        and type(env.enqueued_at) is float
+        and type(env.not_before) in _FLOAT_OR_NONE
+        and (timeout is None or (type(timeout) is float and timeout > 0))
+        and (env.key is None or type(env.key) is str)
+        and env.attempt >= 1
+        and env.task != ""
+        and env.id != ""
+    )
+
+
+def _all_str(values: Iterable[Any]) -> bool:
+    return _STR.issuperset(map(type, values))
+
+
+def _plain_extra(extra: dict[str, Any]) -> bool:
+    return _all_str(extra) and _KNOWN.isdisjoint(extra) and _SCALARS.issuperset(map(type, extra.values()))
 
 
 def peek_id(body: bytes) -> str | None:

@@ -22,7 +22,7 @@ import anyio
 
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats
 from asyncjobs.clock import monotonic, wall_time
-from asyncjobs.envelope import peek_id
+from asyncjobs.envelope import Envelope, peek_id, reads_back_equal
 
 _IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
 _LEASE_GARBAGE = 1024  # entries of settled leases tolerated beyond twice the live ones before a compaction
@@ -37,6 +37,7 @@ class _Stored:
     token: str | None = None
     deadline: float = 0.0
     ready_since: float = 0.0
+    envelope: Envelope | None = None  # what body decodes to, when the producer's own envelope can stand for it
 
 
 @dataclass
@@ -90,10 +91,12 @@ class MemoryBroker:
             self._wakeup.set()
             self._wakeup = None
 
-    def _store(self, queue: str, job_id: str | None, body: bytes, not_before: float | None) -> None:
+    def _store(
+        self, queue: str, job_id: str | None, body: bytes, not_before: float | None, env: Envelope | None = None
+    ) -> None:
         seq = next(self._seq)
         now = monotonic()
-        stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now)
+        stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now, envelope=env)
         q = self._queue(queue)
         delay = 0.0 if not_before is None else not_before - wall_time()
         if delay > 0:
@@ -103,7 +106,11 @@ class MemoryBroker:
             q.ready.append(seq)
 
     async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
-        """Store every job; a taken unique key makes that job a no-op (``False``)."""
+        """Store every job; a taken unique key makes that job a no-op (``False``).
+
+        A job whose :attr:`~asyncjobs.broker.OutgoingJob.envelope` reads back equal from its body
+        is delivered with that envelope, so the worker does not parse bytes made in this process.
+        """
         now = monotonic()
         accepted: list[bool] = []
         for job in jobs:
@@ -113,7 +120,11 @@ class MemoryBroker:
                     accepted.append(False)
                     continue
                 self._unique[job.unique_key] = now + job.unique_ttl
-            self._store(job.queue, job.id, job.body, job.not_before)
+            env = job.envelope
+            # The body stays the job (dead letters, inspection); the envelope only spares the worker a parse.
+            self._store(
+                job.queue, job.id, job.body, job.not_before, env if env is not None and reads_back_equal(env) else None
+            )
             accepted.append(True)
         self._notify()
         return accepted
@@ -173,7 +184,18 @@ class MemoryBroker:
                 stored.deadline = now + lease_seconds
                 queue.in_flight += 1
                 heapq.heappush(queue.leased, (stored.deadline, seq, stored.token))
-                out.append(Delivery(name, stored.job_id, stored.body, stored.token, stored.delivery_count, seq))
+                out.append(
+                    Delivery(
+                        name,
+                        stored.job_id,
+                        stored.body,
+                        stored.token,
+                        stored.delivery_count,
+                        seq,
+                        None,
+                        stored.envelope,
+                    )
+                )
             if len(queue.leased) > 2 * queue.in_flight + _LEASE_GARBAGE:
                 self._compact(queue)
         return out, wake

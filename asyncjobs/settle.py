@@ -13,7 +13,7 @@ import anyio
 from asyncjobs import instruments
 from asyncjobs.broker import Consumer, DeadLetterInfo
 from asyncjobs.clock import monotonic, wall_time
-from asyncjobs.envelope import Envelope
+from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import BrokerConnectionError, JobTimeout
 from asyncjobs.job import Outcome
 from asyncjobs.leases import Held
@@ -188,10 +188,15 @@ class Settler:
             self._lost(held, outcome.kind)
 
     async def _retry(self, held: Held, env: Envelope, outcome: Outcome, started: float) -> bool:
+        # The next attempt gets the arguments as they were enqueued: the handler may have changed a
+        # list or dict argument in place, so they are read again from the body (a shared envelope
+        # only holds immutable values).
+        delivery = held.delivery
+        as_enqueued = delivery.envelope or decode(delivery.body)
         entry = history_entry(held.attempt, outcome, started)
         next_attempt = held.attempt + 1 if outcome.kind == "retry" else held.attempt
         not_before = wall_time() + outcome.delay if outcome.delay > 0 else None
-        nxt = replace(with_history(env, entry), attempt=next_attempt, not_before=not_before)
+        nxt = replace(with_history(as_enqueued, entry), attempt=next_attempt, not_before=not_before)
         ok = await self._consumer.retry(held.delivery, nxt.encode(), not_before)
         if ok and outcome.kind == "retry":
             self.stats.retried += 1

@@ -306,11 +306,16 @@ class Worker:
         """
         delivery = held.delivery
         held.started = started = wall_time()
-        try:
-            held.envelope = env = decode(delivery.body)
-        except Exception as exc:  # whatever a body provokes, it is bad input to dead-letter, never a crash
-            unreadable = exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
-            return Outcome("dead", "malformed", unreadable)
+        env = delivery.envelope  # the in-memory broker's: what decoding the body would give
+        if env is None:
+            try:
+                env = decode(delivery.body)
+            except Exception as exc:  # whatever a body provokes, it is bad input to dead-letter, never a crash
+                unreadable = (
+                    exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
+                )
+                return Outcome("dead", "malformed", unreadable)
+        held.envelope = env
         attempt = env.attempt + delivery.delivery_count - 1
         held.task, held.attempt = env.task, attempt
         spec = self.app.tasks.get(env.task)

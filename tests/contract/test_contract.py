@@ -15,6 +15,7 @@ import pytest
 
 from asyncjobs.broker import Broker, Consumer, DeadLetterInfo, Delivery, OutgoingJob
 from asyncjobs.clock import monotonic, wall_time
+from asyncjobs.envelope import Envelope, decode
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +67,25 @@ async def test_enqueued_job_is_fetched_once_with_body_intact(broker: Broker) -> 
         assert delivery.queue == Q
         assert delivery.delivery_count == 1
         assert await consumer.fetch(1, 0.3) == []
+    finally:
+        await consumer.close()
+
+
+async def test_a_delivery_that_carries_an_envelope_carries_what_its_body_decodes_to(broker: Broker) -> None:
+    """``Delivery.envelope`` is a shortcut some brokers offer (memory://): never a different job."""
+    plain = Envelope(task="t", args=(1, "a", 2.5), kwargs={"k": None})
+    nested = Envelope(task="t", args=([1, 2],), kwargs={"d": {"x": 1}})
+    sent = [OutgoingJob(env.id, Q, env.encode(), envelope=env) for env in (plain, nested)]
+    assert await broker.enqueue(sent) == [True, True]
+    consumer = await open_consumer(broker)
+    try:
+        deliveries = await fetch_all(consumer, 2)
+        assert sorted(d.job_id or "" for d in deliveries) == sorted([plain.id, nested.id])
+        for delivery in deliveries:
+            assert delivery.envelope is None or delivery.envelope == decode(delivery.body)
+            if delivery.job_id == nested.id:
+                assert delivery.envelope is None, "an envelope holding lists or dicts is never shared"
+        assert await consumer.ack(deliveries) == [True, True]
     finally:
         await consumer.close()
 

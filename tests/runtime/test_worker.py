@@ -325,6 +325,24 @@ async def test_wrong_arguments_are_dead_lettered_not_retried() -> None:
     assert worker.stats.retried == 0
 
 
+async def test_a_handler_that_changes_its_list_argument_does_not_change_the_next_attempt() -> None:
+    """The next attempt is built from the body as enqueued, not from the arguments the handler changed."""
+    app = memory_app()
+    seen: list[list[int]] = []
+
+    @app.task(name="mutates", max_attempts=2, backoff=QUICK)
+    async def mutates(items: list[int]) -> None:
+        seen.append(list(items))
+        items.append(99)
+        if len(seen) == 1:
+            raise ConnectionError("flaky")
+
+    await mutates.enqueue([1, 2])
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 1)
+    assert seen == [[1, 2], [1, 2]]
+
+
 async def test_transient_errors_retry_with_backoff_then_succeed() -> None:
     app = memory_app()
     attempts: list[float] = []

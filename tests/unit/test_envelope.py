@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncjobs.envelope as envelope_module
-from asyncjobs.envelope import Envelope, decode, new_id
+from asyncjobs.envelope import Envelope, decode, new_id, reads_back_equal
 from asyncjobs.errors import EnvelopeError
 
 json_values = st.recursive(
@@ -205,3 +205,117 @@ def test_encode_writes_what_the_standard_library_writes(value: object) -> None:
     expected = {"v": 1, "id": "i", "task": "t", "args": [value], "kwargs": {"k": value}}
     expected |= {"attempt": 1, "enqueued_at": 1.5, "queue": "default"}
     assert env.encode() == json.dumps(expected, separators=(",", ":"), allow_nan=False).encode()
+
+
+class _Level(int):
+    """An int subclass (as an IntEnum is): JSON reads it back as a plain int."""
+
+
+class _Name(str):
+    """A str subclass (as a StrEnum is): JSON reads it back as a plain str."""
+
+
+scalar_values = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10)
+)
+any_values = st.recursive(
+    scalar_values | st.builds(_Level, st.integers(0, 9)) | st.builds(_Name, st.text(max_size=4)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.tuples(inner) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+mostly_scalars = st.one_of(scalar_values, scalar_values, scalar_values, any_values)
+extra_fields = st.dictionaries(
+    st.text(min_size=1, max_size=8) | st.sampled_from(["v", "id", "args", "history", "max_attempts"]),
+    mostly_scalars,
+    max_size=2,
+)
+
+
+@given(
+    args=st.lists(mostly_scalars, max_size=3).map(tuple) | st.lists(mostly_scalars, max_size=2),
+    kwargs=st.dictionaries(st.text(min_size=1, max_size=6), mostly_scalars, max_size=3),
+    extra=extra_fields,
+    timeout=st.none() | st.floats(0.001, 1e6) | st.none() | st.integers(1, 100),
+    not_before=st.none() | st.floats(0, 2e9) | st.none() | st.integers(0, 10),
+    key=st.none() | st.text(max_size=5),
+    headers=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+)
+def test_an_envelope_that_reads_back_equal_is_exactly_what_decoding_its_body_gives(
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    extra: dict[str, object],
+    timeout: float | None,
+    not_before: float | None,
+    key: str | None,
+    headers: dict[str, str],
+) -> None:
+    env = Envelope(
+        task="t",
+        args=args,
+        kwargs=kwargs,
+        extra=extra,
+        timeout=timeout,
+        not_before=not_before,
+        key=key,
+        headers=headers,
+    )
+    try:
+        body = env.encode()
+    except EnvelopeError:
+        return
+    if not reads_back_equal(env):
+        return
+    decoded = decode(body)
+    assert decoded == env
+    # Equal down to the type of every value: an enum or a tuple would come back as something else.
+    for mine, theirs in [
+        (env.args, decoded.args),
+        (tuple(env.kwargs.values()), tuple(decoded.kwargs.values())),
+        (tuple(env.extra.values()), tuple(decoded.extra.values())),
+        ((env.timeout, env.not_before, env.enqueued_at), (decoded.timeout, decoded.not_before, decoded.enqueued_at)),
+    ]:
+        assert [type(v) for v in mine] == [type(v) for v in theirs]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        Envelope(task="t", args=([1, 2],)),  # a list: the handler could change it
+        Envelope(task="t", kwargs={"to": {"a": 1}}),  # a dict
+        Envelope(task="t", args=((1, 2),)),  # a tuple: JSON gives a list back
+        Envelope(task="t", args=[1]),  # type: ignore[arg-type]  # args not a tuple
+        Envelope(task="t", args=(_Level(3),)),  # an IntEnum comes back as a plain int
+        Envelope(task="t", args=(_Name("a"),)),
+        Envelope(task="t", timeout=5),  # type: ignore[arg-type]  # comes back as 5.0
+        Envelope(task="t", extra={"v": 2}),  # a known field in extra: encode overwrites it
+        Envelope(task="t", extra={"history": [{"attempt": 1}]}),
+        Envelope(task="t", headers={"n": 1}),  # type: ignore[dict-item]  # decode refuses this
+        Envelope(task="", args=(1,)),
+    ],
+    ids=[
+        "list",
+        "dict",
+        "tuple",
+        "args-list",
+        "int-subclass",
+        "str-subclass",
+        "int-timeout",
+        "known-extra",
+        "history",
+        "header-int",
+        "no-task",
+    ],
+)
+def test_envelopes_that_decoding_would_change_do_not_read_back_equal(env: Envelope) -> None:
+    assert not reads_back_equal(env)
+
+
+def test_plain_envelopes_read_back_equal() -> None:
+    assert reads_back_equal(Envelope(task="t", args=(1, "a", 2.5, None, True), kwargs={"x": -1}))
+    assert reads_back_equal(
+        Envelope(
+            task="t", timeout=3.0, not_before=1.5, key="k", headers={"traceparent": "x"}, extra={"max_attempts": 2}
+        )
+    )
