@@ -24,10 +24,18 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bound: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Keep time on ``loop`` from now on without looking it up per job (``None``: look it up each time).
+
+        A worker binds its loop for as long as it runs; jobs of this object must then run on it.
+        """
+        self._bound = loop
 
     def add(self, held: Held, timeout: float) -> None:
         """Cancel ``held``'s scope ``timeout`` seconds from now, unless it is discarded from :attr:`running` first."""
-        loop = asyncio.get_running_loop()
+        loop = self._bound or asyncio.get_running_loop()
         deadline = held.deadline = loop.time() + timeout
         self.running.add(held)
         if deadline < self._at or loop is not self._loop:

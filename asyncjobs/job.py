@@ -77,10 +77,12 @@ class Job:
     @property
     def timeout(self) -> float | None:
         """The timeout in force for this attempt (the envelope's, else the task's)."""
-        return self.envelope.timeout if self.envelope.timeout is not None else self.spec.options.timeout
+        timeout = self.envelope.timeout
+        return timeout if timeout is not None else self.spec.options.timeout
 
     @property
     def max_attempts(self) -> int:
-        """How many attempts this job may use in all."""
-        value = self.envelope.extra.get("max_attempts")
-        return value if isinstance(value, int) and value > 0 else self.spec.options.max_attempts
+        """How many attempts this job may use in all (the envelope's ``max_attempts``, else the task's)."""
+        extra = self.envelope.extra
+        value = extra.get("max_attempts") if extra else None
+        return value if isinstance(value, int) and value > 0 else self.spec.max_attempts

@@ -152,9 +152,13 @@ class Slot:
 class StallDetector:
     """Notices when the event loop is blocked and names the job whose code blocked it.
 
-    A thread watches a timestamp the loop refreshes; when it goes stale past ``threshold`` the
-    thread reads which task the loop is running and reports the job that task is processing.
-    Blocked loops stop every heartbeat of the worker, so this is logged as an error and counted.
+    The loop refreshes a timestamp every ``threshold/4``; a thread looks at it every ``threshold/2``
+    and, when it is stale (the loop is blocked), notes which task the loop is running. When the
+    loop gets going again more than ``threshold`` late, the stall is reported with the job that
+    task was processing. Blocked loops stop every heartbeat of the worker, so this is logged as an
+    error and counted. The thread wakes only twice per threshold: each wake makes it wait for the
+    interpreter lock, which costs the busy loop a little, so it looks no more often than it must
+    to catch every stall longer than ``threshold`` while it lasts.
     """
 
     def __init__(self, threshold: float) -> None:
@@ -163,7 +167,7 @@ class StallDetector:
         self.stalls = 0
         self._tick = monotonic()
         self._stop = threading.Event()
-        self._culprit: str | None = None
+        self._culprit: tuple[float, str | None] | None = None  # (the stale timestamp, who ran then)
 
     def slot(self, task: asyncio.Task[Any] | None) -> Slot:
         """The slot in which the runner ``task`` shows the job it is running (set per job: no dict write)."""
@@ -183,20 +187,22 @@ class StallDetector:
         watchdog = threading.Thread(target=self._watch, args=(loop,), name="asyncjobs-stall-watch", daemon=True)
         watchdog.start()
         step = self.threshold / 4
+        self._tick = monotonic()
         try:
             while True:
-                before = monotonic()
+                before = self._tick
                 await anyio.sleep(step)
                 self._tick = now = monotonic()
                 lag = now - before - step
                 if lag > self.threshold:
-                    self._report(lag)
+                    self._report(lag, before)
         finally:
             self._stop.set()
 
-    def _report(self, lag: float) -> None:
+    def _report(self, lag: float, since: float) -> None:
         self.stalls += 1
-        culprit, self._culprit = self._culprit, None
+        seen = self._culprit
+        culprit = seen[1] if seen is not None and seen[0] == since else None  # noted during this stall only
         instruments.loop_stalls.add(1)
         instruments.loop_stall_seconds.record(lag)
         log.error(
@@ -207,9 +213,12 @@ class StallDetector:
         )
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        while not self._stop.wait(self.threshold / 4):
-            if monotonic() - self._tick > self.threshold and self._culprit is None:
+        half = self.threshold / 2
+        while not self._stop.wait(half):
+            tick = self._tick
+            seen = self._culprit
+            if monotonic() - tick > half and (seen is None or seen[0] != tick):
                 task = asyncio.current_task(loop)
                 slot = self.slots.get(task) if task is not None else None
                 held = slot.held if slot is not None else None
-                self._culprit = held.describe() if held else (f"task {task.get_name()}" if task else None)
+                self._culprit = (tick, held.describe() if held else (f"task {task.get_name()}" if task else None))

@@ -176,29 +176,26 @@ class MemoryBroker:
             nxt = self._promote(queue, now)
             if nxt is not None:
                 wake = nxt if wake is None else min(wake, nxt)
-            while queue.ready and len(out) < max_count:
-                seq = queue.ready.popleft()
-                stored = self._jobs[seq]
-                stored.delivery_count += 1
-                stored.token = f"{self._token_prefix}{next(self._seq)}"
-                stored.deadline = now + lease_seconds
-                queue.in_flight += 1
-                heapq.heappush(queue.leased, (stored.deadline, seq, stored.token))
-                out.append(
-                    Delivery(
-                        name,
-                        stored.job_id,
-                        stored.body,
-                        stored.token,
-                        stored.delivery_count,
-                        seq,
-                        None,
-                        stored.envelope,
-                    )
-                )
+            take = min(max_count - len(out), len(queue.ready))
+            if take > 0:
+                queue.in_flight += take
+                self._lease(queue, name, take, now + lease_seconds, out)
             if len(queue.leased) > 2 * queue.in_flight + _LEASE_GARBAGE:
                 self._compact(queue)
         return out, wake
+
+    def _lease(self, queue: _Queue, name: str, count: int, deadline: float, out: list[Delivery]) -> None:
+        """Lease the first ``count`` ready jobs of ``queue`` until ``deadline``, each under a new token."""
+        ready, jobs, leased, prefix, seqs = queue.ready.popleft, self._jobs, queue.leased, self._token_prefix, self._seq
+        push, append = heapq.heappush, out.append
+        for _ in range(count):
+            seq = ready()
+            stored = jobs[seq]
+            stored.delivery_count = count_now = stored.delivery_count + 1
+            stored.token = token = f"{prefix}{next(seqs)}"
+            stored.deadline = deadline
+            push(leased, (deadline, seq, token))
+            append(Delivery(name, stored.job_id, stored.body, token, count_now, seq, None, stored.envelope))
 
     def _compact(self, queue: _Queue) -> None:
         """Drop the lease entries of settled jobs (each would otherwise stay until its lease's end)."""
@@ -214,18 +211,26 @@ class MemoryBroker:
         with anyio.move_on_after(seconds):
             await self._wakeup.wait()
 
-    def _held(self, delivery: Delivery, now: float | None = None) -> _Stored | None:
-        stored = self._jobs.get(delivery.handle)
-        if stored is None or stored.token != delivery.token or stored.deadline <= (now or monotonic()):
-            return None
-        return stored
+    def _leased(self, deliveries: Sequence[Delivery]) -> list[_Stored | None]:
+        """Per delivery, its stored job while the lease holds (same token, deadline not passed), else ``None``."""
+        now, jobs = monotonic(), self._jobs
+        found: list[_Stored | None] = []
+        for delivery in deliveries:
+            stored = jobs.get(delivery.handle)
+            found.append(
+                stored if stored is not None and stored.token == delivery.token and stored.deadline > now else None
+            )
+        return found
 
-    def _settle(self, delivery: Delivery, now: float | None = None) -> _Stored | None:
-        stored = self._held(delivery, now)
-        if stored is not None:
-            del self._jobs[delivery.handle]
-            self._queues[stored.queue].in_flight -= 1
-        return stored
+    def _settle(self, deliveries: Sequence[Delivery]) -> list[_Stored | None]:
+        """Remove the jobs whose lease holds, as :meth:`_leased` finds them; ``None`` for a lease that does not."""
+        jobs, queues = self._jobs, self._queues
+        found = self._leased(deliveries)
+        for delivery, stored in zip(deliveries, found, strict=True):
+            if stored is not None:
+                del jobs[delivery.handle]
+                queues[stored.queue].in_flight -= 1
+        return found
 
     async def stats(self, queue: str) -> QueueStats:
         """Counts of ``queue`` and the age of its oldest ready job."""
@@ -296,35 +301,33 @@ class MemoryConsumer:
 
     async def extend(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Push back each deadline by the lease length while the token still holds."""
-        result = []
         deadline = monotonic() + self._lease
-        for delivery in deliveries:
-            stored = self._broker._held(delivery)
+        found = self._broker._leased(deliveries)
+        for delivery, stored in zip(deliveries, found, strict=True):
             if stored is not None:
                 stored.deadline = deadline
             else:
                 self._held.pop(delivery.handle, None)  # lost: its slot is free again
-            result.append(stored is not None)
-        return result
+        return [stored is not None for stored in found]
 
     def _prune(self) -> None:
         """Forget leases that ended (expired or taken over): they no longer use a prefetch slot."""
-        for handle, delivery in list(self._held.items()):
-            if self._broker._held(delivery) is None:
-                del self._held[handle]
+        held = list(self._held.values())
+        for delivery, stored in zip(held, self._broker._leased(held), strict=True):
+            if stored is None:
+                del self._held[delivery.handle]
 
     def _settled(self, delivery: Delivery) -> _Stored | None:
         self._held.pop(delivery.handle, None)
-        return self._broker._settle(delivery)
+        [stored] = self._broker._settle((delivery,))
+        return stored
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove finished jobs."""
-        now, forget, settle = monotonic(), self._held.pop, self._broker._settle
-        results = []
+        forget = self._held.pop
         for delivery in deliveries:
             forget(delivery.handle, None)
-            results.append(settle(delivery, now) is not None)
-        return results
+        return [stored is not None for stored in self._broker._settle(deliveries)]
 
     async def retry(self, delivery: Delivery, body: bytes, not_before: float | None) -> bool:
         """Swap the leased job for its next attempt."""
@@ -348,9 +351,8 @@ class MemoryConsumer:
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Back to the front of ready, not counted as a delivery."""
-        for delivery in deliveries:
+        for delivery, stored in zip(deliveries, self._broker._leased(deliveries), strict=True):
             self._held.pop(delivery.handle, None)
-            stored = self._broker._held(delivery)
             if stored is None:
                 continue
             queue = self._broker._queue(stored.queue)

@@ -17,6 +17,7 @@ from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import BrokerConnectionError, JobTimeout
 from asyncjobs.job import Outcome
 from asyncjobs.leases import Held
+from asyncjobs.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +101,19 @@ class AckBatcher:
         self._consumer = consumer
         self._on_acked = on_acked
         self._pending: list[Held] = []
-        self._wakeup = anyio.Event()
+        self._idle = Waiters()  # this batcher's own task, parked while there is nothing to ack
 
     def push(self, held: Held) -> None:
         """Ack ``held`` in the next batch."""
         if not self._pending:
-            self._wakeup.set()
+            self._idle.wake_one()
         self._pending.append(held)
 
     async def run(self) -> None:
         """Flush pending acks, one batch at a time, until cancelled."""
         while True:
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+            if not self._pending:
+                await self._idle.wait()
             await self.flush()
 
     async def _ack(self, batch: list[Held]) -> list[bool]:

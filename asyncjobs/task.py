@@ -51,9 +51,11 @@ class TaskSpec:
     options: TaskOptions
     signature: inspect.Signature
     positional: tuple[int, float] | None = field(init=False, repr=False, compare=False)
+    max_attempts: int = field(init=False, repr=False, compare=False)  # the retry policy's, read once per job
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positional", positional_arity(self.signature))
+        object.__setattr__(self, "max_attempts", self.options.max_attempts)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` (as a call of the handler would) unless the arguments fit its signature."""

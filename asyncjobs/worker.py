@@ -27,6 +27,7 @@ from asyncjobs.middleware.retry import RetryMiddleware
 from asyncjobs.middleware.timeout import TimeoutMiddleware
 from asyncjobs.middleware.tracing import observability_layers
 from asyncjobs.settle import Settler, WorkerStats
+from asyncjobs.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -38,55 +39,11 @@ async def invoke(job: Job) -> Outcome:
     """The innermost layer: call the handler; arguments that do not fit its signature are permanent."""
     env = job.envelope
     try:
-        call = job.spec.fn(*env.args, **env.kwargs)  # an async def binds its arguments here, runs nothing
+        # An async def binds its arguments here and runs nothing yet.
+        call = job.spec.fn(*env.args, **env.kwargs) if env.kwargs else job.spec.fn(*env.args)
     except TypeError as exc:
         raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
     return Outcome("done", "ok", None, 0.0, await call)
-
-
-class Waiters:
-    """Tasks parked until woken: one at a time (:meth:`wake_one`) or all together.
-
-    Cheaper than an event on the hot path: waking costs nothing when nobody waits, and waking one
-    runner per batch of jobs, rather than all of them, spares the rest a pointless trip round the loop.
-    """
-
-    __slots__ = ("_woken", "parked")
-
-    def __init__(self) -> None:
-        self.parked: deque[asyncio.Future[bool]] = deque()
-        self._woken = 0  # woken by wake_one and not yet running again
-
-    def __bool__(self) -> bool:
-        return bool(self.parked)
-
-    async def wait(self) -> None:
-        """Park until woken (or cancelled)."""
-        parked = asyncio.get_running_loop().create_future()
-        self.parked.append(parked)
-        try:
-            await parked
-        finally:
-            if parked.done() and not parked.cancelled() and parked.result():
-                self._woken -= 1
-            elif not parked.done():
-                parked.cancel()
-
-    def wake_one(self) -> None:
-        """Make sure one parked task is on its way: wake one, unless one woken this way has not run yet."""
-        parked = self.parked
-        while parked and not self._woken:
-            waiter = parked.popleft()
-            if not waiter.done():
-                waiter.set_result(True)
-                self._woken += 1
-
-    def wake_all(self) -> None:
-        """Wake every parked task."""
-        parked, self.parked = self.parked, deque()
-        for waiter in parked:
-            if not waiter.done():
-                waiter.set_result(False)
 
 
 class Worker:
@@ -105,7 +62,8 @@ class Worker:
         self.stats = WorkerStats()
         dedupe = [DedupeMiddleware(app.dedupe)] if app.dedupe is not None else []
         outer = observability_layers(app.broker_url, middleware, self._cancel_reason)  # empty unless OTel SDK is set
-        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        self._timeouts = TimeoutMiddleware()
+        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), self._timeouts]
         self._chain: CallNext = build_chain(layers, invoke)
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
@@ -114,6 +72,8 @@ class Worker:
         self._idle = Waiters()  # runners waiting for the buffer to get jobs (or fetching to end)
         self._room = Waiters()  # the fetch loop, waiting for a lease slot to free up (or a stop)
         self._fetch_over = False
+        self._fetching = False  # a fetch is in flight (the fetch loop's, or a runner's refill)
+        self._consumer: Consumer | None = None
         self.keeper: LeaseKeeper | None = None
         self._runners: anyio.CancelScope | None = None
         self.stall = StallDetector(self.config.stall_seconds)
@@ -153,9 +113,11 @@ class Worker:
         if self._stop_requests:
             self._stopping.set()
         await self.broker.connect()
+        self._timeouts.deadlines.bind(asyncio.get_running_loop())
         consumer = await self.broker.consumer(
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )
+        self._consumer = consumer
         keeper = self.keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
         settler = Settler(consumer, self.stats, self._free)
         try:
@@ -182,6 +144,7 @@ class Worker:
                     await self._give_back_the_rest(settler, keeper)
                 services.cancel_scope.cancel()
         finally:
+            self._timeouts.deadlines.bind(None)
             with anyio.CancelScope(shield=True):
                 await consumer.close()
         log.info("worker stopped: %s", self.stats)
@@ -221,8 +184,15 @@ class Worker:
                 if free <= 0 or (free < batch and self._buffer):  # runners still have work: let slots add up
                     await self._room.wait()  # woken when a slot frees or a stop is asked for
                     continue
+                if self._fetching:  # a runner is leasing jobs (see _refill): it wakes this loop when done
+                    await self._room.wait()
+                    continue
                 try:
-                    deliveries = await consumer.fetch(free, wait)
+                    self._fetching = True
+                    try:
+                        deliveries = await consumer.fetch(free, wait)
+                    finally:
+                        self._fetching = False
                 except Exception as exc:  # the broker is away: keep the leases we hold, try again later
                     log.error("fetch failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, backoff)
                     with anyio.move_on_after(backoff * (0.5 + random.random() / 2)):
@@ -236,6 +206,32 @@ class Worker:
         finally:
             self._fetch_over = True
             self._idle.wake_all()
+
+    async def _refill(self, settler: Settler) -> bool:
+        """Lease the next jobs from a runner that ran out of work while the fetch loop waits for free slots.
+
+        The runner settles the acks in hand (freeing their slots) and fetches without waiting, in
+        its own task, instead of waking the ack batcher and the fetch loop in turn and parking: a
+        worker of short jobs goes round the event loop once per batch rather than three times.
+        Whether or not it found jobs, the fetch loop is woken afterwards to wait for the next ones.
+        """
+        assert self.keeper is not None and self._consumer is not None
+        keeper, found = self.keeper, False
+        self._fetching = True
+        try:
+            await settler.acks.flush()
+            free = self.config.leases_held - len(keeper.held)
+            if free > 0 and not self._stop_requests:
+                deliveries = await self._consumer.fetch(free, 0.0)
+                if deliveries:
+                    self._buffer.extend(keeper.add(deliveries))
+                    found = True
+        except Exception as exc:  # the fetch loop meets the same error, logs it and backs off
+            log.debug("refill from a runner failed: %s", exc)
+        finally:
+            self._fetching = False
+            self._room.wake_all()
+        return found
 
     async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
         assert self._stopping is not None
@@ -267,6 +263,9 @@ class Worker:
                 if not buffer:
                     if self._fetch_over:
                         return
+                    if self._room and not self._fetching and await self._refill(settler):
+                        await asyncio.sleep(0)  # the loop's other tasks (heartbeats, acks, signals) get their turn
+                        continue
                     await idle.wait()
                     continue
                 held = buffer.popleft()
@@ -322,7 +321,7 @@ class Worker:
         if spec is None:
             unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
             return Outcome("dead", "unknown_task", unknown)
-        job = Job(env, delivery, spec, attempt, started, held=held)
+        job = Job(env, delivery, spec, attempt, started, {}, held)
         most = job.max_attempts
         if attempt > most:
             error = AsyncJobsError(

@@ -620,3 +620,44 @@ async def test_job_stuck_in_middleware_does_not_hold_up_shutdown(monkeypatch: py
     stats = await app.broker.stats("default")
     assert (stats.ready, stats.in_flight) == (1, 0), "given back at once, not after the 60 s lease"
     assert worker.stats.released == 1
+
+
+async def test_runners_that_fetch_for_themselves_never_hold_more_leases_than_prefetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner out of work leases the next jobs itself (see ``Worker._refill``); one fetch at a time, within prefetch."""
+    from asyncjobs.memory import MemoryConsumer
+
+    app = memory_app()
+    started: list[int] = []
+    seen: list[tuple[int, int]] = []  # (leases held when a fetch began, how many it asked for)
+    in_flight = 0
+    overlapped = False
+    worker_ref: list[object] = []
+    real_fetch = MemoryConsumer.fetch
+
+    async def watched_fetch(self: MemoryConsumer, max_count: int, wait_seconds: float) -> list[object]:
+        nonlocal in_flight, overlapped
+        overlapped = overlapped or in_flight > 0
+        in_flight += 1
+        try:
+            keeper = worker_ref[0].keeper  # type: ignore[attr-defined]
+            seen.append((len(keeper.held), max_count))
+            return await real_fetch(self, max_count, wait_seconds)  # type: ignore[return-value]
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(MemoryConsumer, "fetch", watched_fetch)
+
+    @app.task(name="quick")
+    async def quick(n: int) -> None:
+        started.append(n)
+
+    await app.enqueue_many(quick, [quick.call(i) for i in range(2000)])
+    async with running(app, concurrency=4, prefetch=8) as worker:
+        worker_ref.append(worker)
+        await eventually(lambda: worker.stats.done == 2000, within=30)
+    assert sorted(started) == list(range(2000)), "every job ran, once"
+    assert not overlapped, "two fetches ran at once"
+    assert all(held + wanted <= 8 for held, wanted in seen), "a fetch asked for more than the free lease slots"
+    assert len(seen) < 2000, "jobs were fetched in batches"
