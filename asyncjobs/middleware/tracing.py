@@ -114,6 +114,22 @@ class TracingMiddleware(_Traced):
         tracer = self.tracer()
         if tracer is None:
             return await call_next(job)
+        return await self._process(job, call_next, tracer)
+
+    def wrap(self, call_next: CallNext) -> CallNext:
+        """This layer around ``call_next`` (see :func:`~asyncjobs.middleware.chain.build_chain`)."""
+        tracer_of = self.tracer
+        process = self._process
+
+        async def traced(job: Job) -> Outcome:
+            tracer = tracer_of()  # looked up per job: a global provider may be set after start-up
+            if tracer is None:
+                return await call_next(job)
+            return await process(job, call_next, tracer)
+
+        return traced
+
+    async def _process(self, job: Job, call_next: CallNext, tracer: trace.Tracer) -> Outcome:
         env = job.envelope
         transport = job.delivery.headers  # AMQP headers: where an outside instrumented publisher puts it
         carrier = transport if transport and "traceparent" not in env.headers else env.headers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +15,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from asyncjobs import App, PermanentError, Worker, WorkerConfig
-from asyncjobs.broker import OutgoingJob
+from asyncjobs.broker import Delivery, OutgoingJob
 from asyncjobs.dedupe import MemoryDedupeStore
+from asyncjobs.envelope import Envelope
+from asyncjobs.job import Job, Outcome
 from asyncjobs.memory import MemoryBroker
 from asyncjobs.middleware.tracing import (
     TracingMiddleware,
@@ -24,7 +27,7 @@ from asyncjobs.middleware.tracing import (
     tracing_enabled,
 )
 from asyncjobs.retrying import Backoff
-from asyncjobs.task import CallOptions
+from asyncjobs.task import CallOptions, TaskOptions, TaskSpec
 from tests.runtime.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -265,3 +268,32 @@ async def test_a_job_without_trace_headers_starts_its_own_trace(
             await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
     [process] = by_kind(exporter, SpanKind.CONSUMER)
     assert process.parent is None
+
+
+async def test_the_consumer_layer_traces_the_same_called_directly_or_composed_ahead(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """``TracingMiddleware`` offers ``wrap`` (how the worker composes it) and still honours ``__call__``."""
+
+    async def handler() -> None:
+        return None
+
+    spec = TaskSpec("t", handler, TaskOptions(), inspect.signature(handler))
+    layer = TracingMiddleware(provider, system="memory")
+
+    async def innermost(job: Job) -> Outcome:
+        return Outcome("done")
+
+    names = []
+    for run in (lambda job: layer(job, innermost), layer.wrap(innermost)):
+        env = Envelope(task="t")
+        job = Job(env, Delivery("q", env.id, env.encode(), "tok"), spec, 1, 0.0)
+        assert (await run(job)).kind == "done"
+        [span] = exporter.get_finished_spans()
+        names.append(
+            (span.name, span.kind, span.attributes["messaging.message.id"], span.attributes["asyncjobs.outcome"])
+        )
+        exporter.clear()
+        assert names[-1][2] == env.id
+    assert [n[:2] for n in names] == [("process t", SpanKind.CONSUMER)] * 2
+    assert [n[3] for n in names] == ["done", "done"]
