@@ -15,9 +15,13 @@ if TYPE_CHECKING:
 OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How one attempt ended, and so how the worker settles it.
+
+    An outcome is a value: derive a changed one with :func:`dataclasses.replace`. So one instance
+    may stand for every attempt that ended alike (the worker shares one for handlers that return
+    ``None``).
 
     * ``done``: ack. ``skipped``: ack without having run (a duplicate of a finished job).
     * ``retry``: store the next attempt, due after ``delay`` seconds.

@@ -35,6 +35,9 @@ _FETCH_BACKOFF = (0.1, 5.0)  # first and longest wait (s) before fetching again 
 _STUCK_GRACE = 5.0  # seconds a cancelled job may take to unwind before its runner is stopped
 
 
+_DONE = Outcome("done")  # most handlers return nothing: one shared (immutable) outcome for them all
+
+
 async def invoke(job: Job) -> Outcome:
     """The innermost layer: call the handler; arguments that do not fit its signature are permanent."""
     env = job.envelope
@@ -43,7 +46,8 @@ async def invoke(job: Job) -> Outcome:
         call = job.spec.fn(*env.args, **env.kwargs) if env.kwargs else job.spec.fn(*env.args)
     except TypeError as exc:
         raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
-    return Outcome("done", "ok", None, 0.0, await call)
+    result = await call
+    return _DONE if result is None else Outcome("done", "ok", None, 0.0, result)
 
 
 class Worker:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import anyio
 import pytest
 
@@ -109,3 +111,30 @@ async def test_a_layer_may_run_the_rest_again_after_a_timeout() -> None:
     async with running(app) as worker:
         await eventually(lambda: worker.stats.done + worker.stats.retried == 1)
     assert (worker.stats.done, worker.stats.retried, len(calls)) == (1, 0, 2)
+
+
+async def test_middleware_sees_each_handlers_result_and_outcomes_cannot_be_changed_in_place() -> None:
+    """Outcomes are values (one is shared by every handler that returns ``None``): changing one raises."""
+    seen: list[Outcome] = []
+
+    class Watching:
+        async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+            outcome = await call_next(job)
+            seen.append(outcome)
+            return outcome
+
+    app = memory_app()
+    app.middleware.append(Watching())
+
+    @app.task(name="returns")
+    async def returns(n: int) -> int | None:
+        return n if n else None
+
+    for n in (0, 7, 0):
+        await returns.enqueue(n)
+    async with running(app) as worker:
+        await eventually(lambda: worker.stats.done == 3)
+    assert sorted((o.kind, repr(o.result)) for o in seen) == [("done", "7"), ("done", "None"), ("done", "None")]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].reason = "changed"  # type: ignore[misc]
+    assert dataclasses.replace(seen[0], reason="changed").reason == "changed"
