@@ -226,10 +226,12 @@ class MemoryBroker:
         """Remove the jobs whose lease holds, as :meth:`_leased` finds them; ``None`` for a lease that does not."""
         jobs, queues = self._jobs, self._queues
         found = self._leased(deliveries)
-        for delivery, stored in zip(deliveries, found, strict=True):
+        for i, (delivery, stored) in enumerate(zip(deliveries, found, strict=True)):
             if stored is not None:
-                del jobs[delivery.handle]
-                queues[stored.queue].in_flight -= 1
+                if jobs.pop(delivery.handle, None) is None:  # named twice in one call: settled by the first
+                    found[i] = None
+                else:
+                    queues[stored.queue].in_flight -= 1
         return found
 
     async def stats(self, queue: str) -> QueueStats:
@@ -351,8 +353,9 @@ class MemoryConsumer:
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Back to the front of ready, not counted as a delivery."""
-        for delivery, stored in zip(deliveries, self._broker._leased(deliveries), strict=True):
+        for delivery in deliveries:
             self._held.pop(delivery.handle, None)
+            [stored] = self._broker._leased((delivery,))  # one at a time: a delivery named twice goes back once
             if stored is None:
                 continue
             queue = self._broker._queue(stored.queue)

@@ -661,3 +661,21 @@ async def test_runners_that_fetch_for_themselves_never_hold_more_leases_than_pre
     assert not overlapped, "two fetches ran at once"
     assert all(held + wanted <= 8 for held, wanted in seen), "a fetch asked for more than the free lease slots"
     assert len(seen) < 2000, "jobs were fetched in batches"
+
+
+async def test_memory_broker_counts_a_delivery_named_twice_in_one_ack_or_release_once() -> None:
+    broker = MemoryBroker(f"memory://{uuid.uuid4().hex}")
+    sent = [OutgoingJob(uuid.uuid4().hex, "twice", b"{}"), OutgoingJob(uuid.uuid4().hex, "twice", b"{}")]
+    assert await broker.enqueue(sent) == [True, True]
+    consumer = await broker.consumer(["twice"], prefetch=10, lease_seconds=30)
+    try:
+        first, second = await consumer.fetch(2, 1.0)
+        assert await consumer.ack([first, first]) == [True, False]
+        await consumer.release([second, second])
+        [again] = await consumer.fetch(1, 1.0)
+        assert again.job_id == second.job_id
+        assert await consumer.fetch(1, 0.3) == [], "released once, delivered once"
+        assert await consumer.ack([again]) == [True]
+    finally:
+        await consumer.close()
+    assert (await broker.stats("twice")).in_flight == 0
