@@ -230,8 +230,10 @@ class Worker:
                 if deliveries:
                     self._buffer.extend(keeper.add(deliveries))
                     found = True
-        except Exception as exc:  # the fetch loop meets the same error, logs it and backs off
-            log.debug("refill from a runner failed: %s", exc)
+        except Exception as exc:  # nothing was leased: the fetch loop, woken below, tries again
+            log.warning(
+                "a runner's fetch of the next jobs failed (%s: %s); the fetch loop goes on", type(exc).__name__, exc
+            )
         finally:
             self._fetching = False
             self._room.wake_all()

@@ -111,10 +111,7 @@ class TracingMiddleware(_Traced):
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Run the rest of the chain inside the attempt's span."""
-        tracer = self.tracer()
-        if tracer is None:
-            return await call_next(job)
-        return await self._process(job, call_next, tracer)
+        return await self.wrap(call_next)(job)
 
     def wrap(self, call_next: CallNext) -> CallNext:
         """This layer around ``call_next`` (see :func:`~asyncjobs.middleware.chain.build_chain`)."""
