@@ -12,6 +12,7 @@ from asyncjobs.dedupe import DedupeRecord, DedupeStore, MemoryDedupeStore, curre
 from asyncjobs.envelope import Envelope
 from asyncjobs.errors import (
     AsyncJobsError,
+    BadOutcomeError,
     BrokerConnectionError,
     BrokerError,
     BrokerURLError,
@@ -37,6 +38,7 @@ __all__ = [
     "App",
     "AsyncJobsError",
     "Backoff",
+    "BadOutcomeError",
     "Broker",
     "BrokerConnectionError",
     "BrokerError",

@@ -61,3 +61,11 @@ class LeaseLost(AsyncJobsError):  # noqa: N818 - names the event, like ``Retry``
 
 class CancellationSwallowed(AsyncJobsError):  # noqa: N818 - names the event
     """A handler caught the cancellation of its job and returned; the runtime reports it."""
+
+
+class BadOutcomeError(AsyncJobsError, TypeError):
+    """A middleware (or the chain) returned something that is not an :class:`~asyncjobs.job.Outcome`.
+
+    Usually a middleware that forgot its ``return``. The job is dead-lettered at once (reason
+    ``bad_outcome``): every further attempt would end the same way.
+    """

@@ -9,7 +9,7 @@ from asyncjobs.broker import Delivery
 from asyncjobs.envelope import Envelope
 
 if TYPE_CHECKING:
-    from asyncjobs.leases import Held
+    from asyncjobs.attempt import Attempt
     from asyncjobs.task import TaskSpec
 
 OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred"]
@@ -47,7 +47,7 @@ class Job:
     ``attempt`` counts every attempt so far including crash redeliveries (1 on the first run).
     ``lease_token`` is the broker's token for this delivery: a handler may use it as a fencing
     token for side effects that must not happen twice. ``state`` is free for middleware.
-    ``held`` is the worker's record of the lease (``None`` when a job is run outside a worker).
+    :attr:`cancel_reason` tells why the worker cancelled this attempt, if it did.
     """
 
     envelope: Envelope
@@ -56,7 +56,16 @@ class Job:
     attempt: int
     started_at: float
     state: dict[str, Any] = field(default_factory=dict)
-    held: Held | None = field(default=None, repr=False)
+    _attempt: Attempt | None = field(default=None, repr=False)  # the worker's record; not for middleware
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """``lease_lost`` or ``shutdown`` once the worker cancelled this attempt; ``None`` otherwise.
+
+        A timeout is not a cancellation by the worker: it surfaces as :class:`~asyncjobs.errors.JobTimeout`.
+        """
+        attempt = self._attempt
+        return attempt.cancel_reason if attempt is not None else None
 
     @property
     def id(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,91 +12,40 @@ from typing import Any
 import anyio
 
 from asyncjobs import instruments
+from asyncjobs.attempt import Attempt
 from asyncjobs.broker import Consumer, Delivery
 from asyncjobs.clock import monotonic
-from asyncjobs.envelope import Envelope
 from asyncjobs.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """Raised through the middleware when the worker cancels a job it must not settle as failed.
-
-    That is at the drain deadline of a shutdown (the job is given back) or when its lease was lost
-    (the job may run elsewhere and is not acked). It derives from ``BaseException`` so middleware
-    that catches ``Exception`` does not mistake it for a failure of the handler.
-    """
-
-
-@dataclass(slots=True, eq=False)
-class Held:
-    """One lease this worker holds, and the cancel scope of the handler running under it.
-
-    ``running`` is true from the moment a runner takes the job (at wall time ``started``) until its
-    outcome is known; ``envelope`` is the job as decoded (``None`` until then, or if it would not decode);
-    ``scope`` is the job's own cancel scope (opened by the timeout middleware) while the handler runs,
-    and ``deadline`` the event-loop time at which it is cancelled for taking too long.
-    ``cancelled`` is set when :meth:`cancel` cancels that scope (the only way it is cancelled).
-    """
-
-    delivery: Delivery
-    confirmed_until: float
-    scope: anyio.CancelScope | None = None
-    deadline: float = math.inf
-    running: bool = False
-    task: str = "?"
-    attempt: int = 0
-    envelope: Envelope | None = None
-    started: float = 0.0
-    outcome: str = ""
-    lost: bool = False
-    stopping: bool = False
-    settling: bool = False
-    cancelled: bool = False
-
-    def describe(self) -> str:
-        """``job ID (task NAME, attempt N)`` for log lines."""
-        return f"job {self.delivery.job_id} (task {self.task}, attempt {self.attempt or self.delivery.delivery_count})"
-
-    @property
-    def interrupted(self) -> bool:
-        """Whether the worker took this job back (lease lost, or cancelled at the drain deadline)."""
-        return self.lost or self.stopping
-
-    def cancel(self) -> None:
-        """Cancel the handler running under this lease, if any."""
-        if self.scope is not None:
-            self.cancelled = True
-            self.scope.cancel()
-
-
 class LeaseKeeper:
     """Extends every held lease in one broker call per heartbeat.
 
-    A lease the broker reports as lost is marked ``lost`` and its handler cancelled at once: the
-    job may already run elsewhere, so it must not be acked. When the broker cannot be reached,
-    leases are kept as long as their last confirmed deadline lasts, then given up the same way.
+    A lease the broker reports as lost is cancelled with reason ``lease_lost`` at once: the job
+    may already run elsewhere, so it must not be acked. When the broker cannot be reached, leases
+    are kept as long as their last confirmed deadline lasts, then given up the same way.
     """
 
     def __init__(self, consumer: Consumer, lease_seconds: float, interval: float) -> None:
         self._consumer = consumer
         self._lease = lease_seconds
         self._interval = interval
-        self.held: dict[Delivery, Held] = {}
+        self.held: dict[Delivery, Attempt] = {}
 
-    def add(self, deliveries: Sequence[Delivery]) -> list[Held]:
+    def add(self, deliveries: Sequence[Delivery]) -> list[Attempt]:
         """Start keeping the leases of new deliveries."""
         until, held = monotonic() + self._lease, self.held
-        added = [Held(delivery, until) for delivery in deliveries]
+        added = [Attempt(delivery, until) for delivery in deliveries]
         held.update(zip(deliveries, added, strict=True))
         return added
 
-    def remove(self, helds: Iterable[Held]) -> None:
+    def remove(self, attempts: Iterable[Attempt]) -> None:
         """Stop keeping these leases (settled, released or lost)."""
         forget = self.held.pop
-        for held in helds:
-            forget(held.delivery, None)
+        for attempt in attempts:
+            forget(attempt.delivery, None)
 
     async def run(self) -> None:
         """Beat every ``interval`` seconds until cancelled (no-op loop when heartbeats are off)."""
@@ -123,7 +71,7 @@ class LeaseKeeper:
             return
         extended = 0
         for held, ok in zip(items, results, strict=True):
-            if held.settling or held.delivery not in self.held:
+            if held.phase == "settling" or held.delivery not in self.held:
                 continue  # settled while the extension was in flight: nothing to lose
             if ok:
                 held.confirmed_until = sent_at + self._lease
@@ -133,20 +81,19 @@ class LeaseKeeper:
         if extended:
             instruments.leases_extended.add(extended)
 
-    def _lose(self, held: Held, why: str) -> None:
+    def _lose(self, held: Attempt, why: str) -> None:
         if held.lost:
             return
-        held.lost = True
+        held.cancel("lease_lost")
         instruments.leases_lost.add(1)
         log.error("lease lost for %s: %s; cancelling its handler, it will not be acked", held.describe(), why)
-        held.cancel()
 
 
 @dataclass(slots=True)
 class Slot:
     """What one runner task is running now (``None`` between jobs)."""
 
-    held: Held | None = None
+    held: Attempt | None = None
 
 
 class StallDetector:
@@ -177,7 +124,7 @@ class StallDetector:
         return slot
 
     @property
-    def jobs(self) -> dict[asyncio.Task[Any], Held]:
+    def jobs(self) -> dict[asyncio.Task[Any], Attempt]:
         """The job each runner task is running now."""
         return {task: slot.held for task, slot in self.slots.items() if slot.held is not None}
 

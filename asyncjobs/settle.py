@@ -11,12 +11,12 @@ from typing import Any
 import anyio
 
 from asyncjobs import instruments
+from asyncjobs.attempt import Attempt
 from asyncjobs.broker import Consumer, DeadLetterInfo
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import BrokerConnectionError, JobTimeout
 from asyncjobs.job import Outcome
-from asyncjobs.leases import Held
 from asyncjobs.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,15 @@ HISTORY_LIMIT = 20
 
 @dataclass(slots=True)
 class WorkerStats:
-    """What one worker did, by outcome."""
+    """What one worker did: every delivery it took ends in exactly one of these counts.
+
+    ``done`` (acked), ``skipped`` (acked without running: a duplicate of a finished job),
+    ``retried`` (stored as its next attempt), ``deferred`` (stored again, same attempt),
+    ``dead`` (dead-lettered), ``lease_lost`` (left alone: the lease was no longer ours),
+    ``released`` (given back by a shutdown, not counted as an attempt) and ``settle_failed``
+    (the broker failed the settle: the job comes back when its lease ends, counted).
+    ``timed_out`` counts the retried or dead attempts that ended in their timeout.
+    """
 
     done: int = 0
     retried: int = 0
@@ -36,6 +44,25 @@ class WorkerStats:
     deferred: int = 0
     lease_lost: int = 0
     released: int = 0
+    settle_failed: int = 0
+
+    @property
+    def settled(self) -> int:
+        """Deliveries that left this worker, however they ended (``timed_out`` is counted within others)."""
+        return (
+            self.done
+            + self.retried
+            + self.dead
+            + self.skipped
+            + self.deferred
+            + self.lease_lost
+            + self.released
+            + self.settle_failed
+        )
+
+    def __str__(self) -> str:
+        parts = [f"{name.replace('_', ' ')} {getattr(self, name)}" for name in self.__slots__ if getattr(self, name)]
+        return ", ".join(parts) or "no jobs"
 
 
 def history_entry(attempt: int, outcome: Outcome, started_at: float) -> dict[str, Any]:
@@ -89,147 +116,218 @@ def dead_letter_info(
 RETRYABLE = (BrokerConnectionError, ConnectionError, OSError, TimeoutError)
 
 
+RETRYABLE = (BrokerConnectionError, ConnectionError, OSError, TimeoutError)
+
+Acked = Callable[[list[tuple[Attempt, str]], list[bool], bool], None]
+
+
 class AckBatcher:
     """Groups the acks of jobs that finished close together into one broker call.
 
     ``push`` returns at once, so a runner goes on to its next job while the ack is in flight; the
     lease stays held (and heartbeated) until the broker has answered, then ``on_acked`` is told
-    about the whole batch.
+    about the whole batch. :meth:`run` is the only task that sends acks; after :meth:`close` it
+    sends what is pending, waits for the answer, and returns.
     """
 
-    def __init__(self, consumer: Consumer, on_acked: Callable[[list[Held], list[bool]], None]) -> None:
+    def __init__(self, consumer: Consumer, on_acked: Acked) -> None:
         self._consumer = consumer
         self._on_acked = on_acked
-        self._pending: list[Held] = []
+        self._pending: list[tuple[Attempt, str]] = []
         self._idle = Waiters()  # this batcher's own task, parked while there is nothing to ack
+        self._closed = False
 
-    def push(self, held: Held) -> None:
-        """Ack ``held`` in the next batch."""
+    def push(self, attempt: Attempt, kind: str) -> None:
+        """Ack ``attempt`` (outcome ``kind``: ``done`` or ``skipped``) in the next batch."""
         if not self._pending:
             self._idle.wake_one()
-        self._pending.append(held)
+        self._pending.append((attempt, kind))
+
+    def close(self) -> None:
+        """No more pushes: :meth:`run` returns once every pending ack is answered."""
+        self._closed = True
+        self._idle.wake_all()
 
     async def run(self) -> None:
-        """Flush pending acks, one batch at a time, until cancelled."""
-        while True:
+        """Send pending acks, one batch at a time, until closed and nothing is pending."""
+        while self._pending or not self._closed:
             if not self._pending:
                 await self._idle.wait()
-            await self.flush()
+                continue
+            batch, self._pending = self._pending, []
+            results, retried = await self._ack([attempt for attempt, _ in batch])
+            self._on_acked(batch, results, retried)
 
-    async def _ack(self, batch: list[Held]) -> list[bool]:
+    async def _ack(self, batch: list[Attempt]) -> tuple[list[bool], bool]:
         """Ack ``batch``; on a connection error retry with backoff while the leases last.
 
-        The leases stay heartbeated meanwhile, and an ack is conditional on the lease token, so a
-        retry never acks a job that was delivered again elsewhere.
+        Returns the broker's answers and whether the call was retried (an earlier try's reply may
+        have been lost after the broker acted on it). The leases stay heartbeated meanwhile, and
+        an ack is conditional on the lease token, so a retry never acks a job that was delivered
+        again elsewhere.
         """
-        delay = 0.05
+        delay, retried = 0.05, False
         while True:
             try:
-                return await self._consumer.ack([h.delivery for h in batch])
+                return await self._consumer.ack([a.delivery for a in batch]), retried
             except RETRYABLE as exc:
-                if monotonic() + delay >= min(h.confirmed_until for h in batch):
+                if monotonic() + delay >= min(a.confirmed_until for a in batch):
                     log.error(
                         "ack of %d jobs failed (%s) until their leases ran out; they will run again", len(batch), exc
                     )
-                    return [False] * len(batch)
+                    return [False] * len(batch), False
                 log.warning("ack of %d jobs failed (%s); retrying in %.2fs", len(batch), exc, delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay, retried = min(delay * 2, 2.0), True
             except Exception as exc:  # the broker refused: the leases will expire and the jobs return
                 log.error("ack of %d jobs failed (%s); they will be redelivered", len(batch), exc)
-                return [False] * len(batch)
-
-    async def flush(self) -> None:
-        """Send every pending ack now."""
-        while self._pending:
-            batch, self._pending = self._pending, []
-            self._on_acked(batch, await self._ack(batch))
+                return [False] * len(batch), False
 
 
 class Settler:
-    """Turns outcomes into broker operations, counts them, and frees the lease slot afterwards."""
+    """The one way out of an attempt: turns its result into a broker operation, counts it, frees the slot.
 
-    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Sequence[Held]], None]) -> None:
+    :meth:`settle` is called exactly once per delivery a runner took; :meth:`release` gives back
+    deliveries that never started (shutdown).
+    """
+
+    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Sequence[Attempt]], None]) -> None:
         self._consumer = consumer
         self._free = free
         self.stats = stats
         self.acks = AckBatcher(consumer, self._acked)
 
-    def _acked(self, batch: list[Held], results: list[bool]) -> None:
-        self._free(batch)
+    def _acked(self, batch: list[tuple[Attempt, str]], results: list[bool], retried: bool) -> None:
+        self._free([attempt for attempt, _ in batch])
         stats = self.stats
-        for held, ok in zip(batch, results, strict=True):
-            if not ok:
-                self._lost(held, held.outcome)
-            elif held.outcome == "done":
-                stats.done += 1
+        for (attempt, kind), ok in zip(batch, results, strict=True):
+            if ok:
+                if kind == "done":
+                    stats.done += 1
+                else:
+                    stats.skipped += 1
+                continue
+            stats.lease_lost += 1
+            if retried:
+                log.warning(
+                    "%s: the reply to its ack was lost and the lease is no longer held: either that ack went "
+                    "through, or the lease ended and the job will run again",
+                    attempt.describe(),
+                )
             else:
-                stats.skipped += 1
+                log.error("%s: lease lost before it could be acked (%s); it will run again", attempt.describe(), kind)
 
-    def _lost(self, held: Held, what: str) -> None:
-        self.stats.lease_lost += 1
-        log.error("%s: lease lost before it could be settled (%s); it will run again", held.describe(), what)
+    async def settle(self, attempt: Attempt, outcome: Outcome | None) -> None:
+        """Carry out how ``attempt`` ended: exactly one of ack, retry/defer, dead-letter, give back, leave.
 
-    async def settle(self, held: Held, env: Envelope | None, outcome: Outcome, started: float) -> None:
-        """Carry out ``outcome``: exactly one of ack, retry (or defer) and dead-letter."""
-        held.outcome = outcome.kind
-        if outcome.kind in ("done", "skipped"):
-            self.acks.push(held)
+        ``outcome`` is ``None`` when the attempt produced none because the worker cancelled it
+        (shutdown: given back, not counted). A lost lease is left alone whatever the outcome: the
+        job may be running elsewhere.
+        """
+        attempt.phase = "settling"
+        if attempt.lost:
+            self.stats.lease_lost += 1
+            self._free((attempt,))
             return
+        if outcome is None:
+            await self.release([attempt])
+            return
+        kind = outcome.kind
+        if kind in ("done", "skipped"):
+            self.acks.push(attempt, kind)
+            return
+        env = attempt.envelope
         try:
-            if outcome.kind in ("retry", "deferred") and env is not None:
-                ok = await self._retry(held, env, outcome, started)
+            if kind in ("retry", "deferred") and env is not None:
+                ok = await self._retry(attempt, env, outcome)
             else:
-                ok = await self._dead_letter(held, env, outcome, started)
-        except Exception as exc:  # the broker failed: the lease will expire and the job return
-            log.error("%s: could not settle (%s: %s); it will run again", held.describe(), outcome.kind, exc)
+                ok = await self._dead_letter(attempt, env, outcome)
+        except Exception as exc:  # the broker failed: the job comes back when its lease ends
+            self.stats.settle_failed += 1
+            log.error(
+                "%s: could not %s it (%s: %s); the broker delivers it again when its lease ends",
+                attempt.describe(),
+                "dead-letter" if kind == "dead" else "retry",
+                type(exc).__name__,
+                exc,
+            )
             ok = True
-        self._free((held,))
+        self._free((attempt,))
         if not ok:
-            self._lost(held, outcome.kind)
+            self.stats.lease_lost += 1
+            log.error("%s: lease lost before it could be settled (%s); it will run again", attempt.describe(), kind)
 
-    async def _retry(self, held: Held, env: Envelope, outcome: Outcome, started: float) -> bool:
+    async def _retry(self, attempt: Attempt, env: Envelope, outcome: Outcome) -> bool:
         # The next attempt gets the arguments as they were enqueued: the handler may have changed a
         # list or dict argument in place, so they are read again from the body (a shared envelope
         # only holds immutable values).
-        delivery = held.delivery
+        delivery = attempt.delivery
         as_enqueued = delivery.envelope or decode(delivery.body)
-        entry = history_entry(held.attempt, outcome, started)
-        next_attempt = held.attempt + 1 if outcome.kind == "retry" else held.attempt
+        entry = history_entry(attempt.number, outcome, attempt.started)
+        next_attempt = attempt.number + 1 if outcome.kind == "retry" else attempt.number
         not_before = wall_time() + outcome.delay if outcome.delay > 0 else None
         nxt = replace(with_history(as_enqueued, entry), attempt=next_attempt, not_before=not_before)
-        ok = await self._consumer.retry(held.delivery, nxt.encode(), not_before)
+        ok = await self._consumer.retry(delivery, nxt.encode(), not_before)
         if ok and outcome.kind == "retry":
             self.stats.retried += 1
             self.stats.timed_out += isinstance(outcome.error, JobTimeout)
             error = type(outcome.error).__name__ if outcome.error else "none"
             instruments.retries.add(1, {"task": env.task, "error": error})
-            log.warning("%s failed (%s: %s); retry in %.2fs", held.describe(), error, outcome.error, outcome.delay)
+            log.warning("%s failed (%s: %s); retry in %.2fs", attempt.describe(), error, outcome.error, outcome.delay)
         elif ok:
             self.stats.deferred += 1
         return ok
 
-    async def _dead_letter(self, held: Held, env: Envelope | None, outcome: Outcome, started: float) -> bool:
+    async def _dead_letter(self, attempt: Attempt, env: Envelope | None, outcome: Outcome) -> bool:
         history = prior_history(env)
         if env is not None:
-            history.append(history_entry(held.attempt, outcome, started))
-        info = dead_letter_info(outcome, held.attempt, env.task if env else None, history)
-        ok = await self._consumer.dead_letter(held.delivery, info)
+            history.append(history_entry(attempt.number, outcome, attempt.started))
+        info = dead_letter_info(outcome, attempt.number, env.task if env else None, history)
+        ok = await self._consumer.dead_letter(attempt.delivery, info)
         if ok:
             self.stats.dead += 1
             self.stats.timed_out += isinstance(outcome.error, JobTimeout)
             instruments.dead_letters.add(1, {"reason": outcome.reason})
             log.error(
-                "%s dead-lettered (%s): %s: %s", held.describe(), outcome.reason, info.error_type, info.error_message
+                "%s dead-lettered (%s): %s: %s",
+                attempt.describe(),
+                outcome.reason,
+                info.error_type,
+                info.error_message,
             )
         return ok
 
-    async def release(self, held: Held) -> None:
-        """Give a job back to the broker now (shutdown), shielded from cancellation."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+    async def give_back(self, attempts: Sequence[Attempt]) -> None:
+        """Give deliveries that never started back to the broker now (shutdown), in one call.
+
+        One whose lease was lost meanwhile is left alone and counted as such. Shielded from
+        cancellation and bounded in time: a give-back that cannot be made is logged, and those
+        jobs return when their leases end.
+        """
+        lost = [a for a in attempts if a.lost]
+        if lost:
+            self.stats.lease_lost += len(lost)
+            self._free(lost)
+        await self.release([a for a in attempts if not a.lost])
+
+    async def release(self, attempts: Sequence[Attempt]) -> None:
+        """Give these deliveries back to the broker now, not counted as an attempt (see :meth:`give_back`)."""
+        if not attempts:
+            return
+        for attempt in attempts:
+            attempt.phase = "settling"
+        released = False
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_SECONDS):
             try:
-                await self._consumer.release([held.delivery])
-                self.stats.released += 1
+                await self._consumer.release([a.delivery for a in attempts])
+                released = True
             except Exception as exc:
-                log.error("could not release %s (%s); it returns when its lease expires", held.describe(), exc)
-        self._free((held,))
+                log.error("could not give back %d jobs (%s); they return when their leases end", len(attempts), exc)
+        if released:
+            self.stats.released += len(attempts)
+        else:
+            self.stats.settle_failed += len(attempts)
+        self._free(attempts)
+
+
+_RELEASE_SECONDS = 5.0  # a give-back that takes longer is abandoned: the jobs return when their leases end

@@ -9,21 +9,23 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anyio
 import anyio.abc
 
 from asyncjobs.app import App
-from asyncjobs.broker import Broker, Consumer
+from asyncjobs.attempt import Attempt
+from asyncjobs.broker import Broker, Consumer, Delivery
 from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
 from asyncjobs.envelope import decode
-from asyncjobs.errors import AsyncJobsError, EnvelopeError, PermanentError, UnknownTaskError
+from asyncjobs.errors import AsyncJobsError, BadOutcomeError, EnvelopeError, PermanentError, UnknownTaskError
 from asyncjobs.job import Job, Outcome
-from asyncjobs.leases import Held, Interrupted, LeaseKeeper, StallDetector
-from asyncjobs.middleware.chain import CallNext, Middleware, build_chain
+from asyncjobs.leases import LeaseKeeper, StallDetector
+from asyncjobs.middleware.chain import CallNext, Middleware, build_chain, not_an_outcome
 from asyncjobs.middleware.dedupe import DedupeMiddleware
-from asyncjobs.middleware.retry import RetryMiddleware
+from asyncjobs.middleware.retry import RetryMiddleware, classify_failure
 from asyncjobs.middleware.timeout import TimeoutMiddleware
 from asyncjobs.middleware.tracing import observability_layers
 from asyncjobs.settle import Settler, WorkerStats
@@ -32,7 +34,10 @@ from asyncjobs.waiters import Waiters
 log = logging.getLogger(__name__)
 
 _FETCH_BACKOFF = (0.1, 5.0)  # first and longest wait (s) before fetching again after a broker error
-_STUCK_GRACE = 5.0  # seconds a cancelled job may take to unwind before its runner is stopped
+_STUCK_GRACE = 5.0  # seconds cancelled jobs (and the last acks) may take to unwind before the worker stops anyway
+_HARD_GRACE = 1.0  # the same after a second stop
+_CLOSE_SECONDS = 5.0  # the consumer's close (giving back what it still holds) is abandoned after this
+_NO_HEARTBEAT_SHARE = 0.9  # with heartbeats off, a job's timeout is capped at this share of the lease
 
 
 _DONE = Outcome("done")  # most handlers return nothing: one shared (immutable) outcome for them all
@@ -53,11 +58,17 @@ async def invoke(job: Job) -> Outcome:
 class Worker:
     """Runs an :class:`App`'s tasks from its broker until stopped.
 
-    Holds at most ``config.leases_held`` leases and runs ``config.concurrency`` jobs at once,
-    each in its own cancel scope. One lease keeper extends every held lease per heartbeat.
-    :meth:`stop` (or SIGTERM/SIGINT) stops fetching, gives back jobs that have not started,
-    lets running jobs finish for ``drain_seconds``, then cancels and gives back the rest at
-    once; a second stop gives everything back immediately.
+    Holds at most ``config.leases_held`` leases and runs ``config.concurrency`` jobs at once. One
+    path per concern: the fetch loop is the only code that leases jobs, each runner takes one
+    buffered delivery at a time and runs it in the delivery's own cancel scope
+    (:class:`~asyncjobs.attempt.Attempt`), and :meth:`Settler.settle <asyncjobs.settle.Settler.settle>`
+    is the only way a delivery leaves a runner. Whatever the chain produces (an outcome, an
+    exception from any layer, ``None``, a cancellation the worker did not ask for) becomes one
+    outcome there, counted once.
+
+    :meth:`stop` (or SIGTERM/SIGINT) stops fetching, gives back jobs that have not started at
+    once, lets running jobs finish for ``drain_seconds``, then cancels and gives back the rest; a
+    second stop does that at once. :meth:`run` returns within the drain time plus a few seconds.
     """
 
     def __init__(self, app: App, config: WorkerConfig | None = None, *, middleware: Sequence[Middleware] = ()) -> None:
@@ -65,21 +76,19 @@ class Worker:
         self.config = config or WorkerConfig()
         self.stats = WorkerStats()
         dedupe = [DedupeMiddleware(app.dedupe)] if app.dedupe is not None else []
-        outer = observability_layers(app.broker_url, middleware, self._cancel_reason)  # empty unless OTel SDK is set
-        self._timeouts = TimeoutMiddleware()
-        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), self._timeouts]
+        outer = observability_layers(app.broker_url, middleware)  # empty unless an OTel SDK is set
+        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
-        self._drain_over: anyio.Event | None = None
-        self._buffer: deque[Held] = deque()  # fetched, leased, not started yet
+        self._hard: anyio.Event | None = None
+        self._buffer: deque[Attempt] = deque()  # fetched, leased, not started yet
         self._idle = Waiters()  # runners waiting for the buffer to get jobs (or fetching to end)
         self._room = Waiters()  # the fetch loop, waiting for a lease slot to free up (or a stop)
         self._fetch_over = False
-        self._fetching = False  # a fetch is in flight (the fetch loop's, or a runner's refill)
-        self._consumer: Consumer | None = None
+        self._fetch_scope: anyio.CancelScope | None = None  # the fetch in flight, cancelled by a hard stop
+        self._work_scope: anyio.CancelScope | None = None  # runners and acks: cancelled only if they do not unwind
         self.keeper: LeaseKeeper | None = None
-        self._runners: anyio.CancelScope | None = None
         self.stall = StallDetector(self.config.stall_seconds)
         self.ready = threading.Event()
 
@@ -88,52 +97,59 @@ class Worker:
         """The app's broker."""
         return self.app.broker
 
-    def _cancel_reason(self, job: Job) -> str | None:
-        """Why the worker cancelled ``job``: ``lease_lost``, ``shutdown``, or ``None`` (it did not)."""
-        held = job.held
-        if held is None:
-            return None
-        return "lease_lost" if held.lost else "shutdown" if held.stopping else None
-
     @property
     def stopping(self) -> bool:
         """Whether a shutdown has been asked for."""
         return self._stop_requests > 0
 
     def stop(self) -> None:
-        """Begin a graceful shutdown; a second call stops at once. Call from the worker's loop."""
+        """Begin a graceful shutdown; a second call stops at once. Call from the worker's event loop."""
         self._stop_requests += 1
-        if self._stopping is not None:
-            self._stopping.set()
-            self._room.wake_all()
-            if self._stop_requests > 1 and self._drain_over is not None:
-                self._drain_over.set()
+        if self._stopping is None or self._hard is None:
+            return  # not running yet: run() starts stopped
+        self._stopping.set()
+        if self._stop_requests > 1:
+            self._hard.set()
+        self._room.wake_all()
+        self._idle.wake_all()
 
     async def run(self) -> WorkerStats:
         """Work until :meth:`stop` is called or a shutdown signal arrives; return the counts."""
         self.config.check_tasks(self.app.tasks.values())
-        self._stopping, self._drain_over = anyio.Event(), anyio.Event()
+        self._stopping, self._hard = anyio.Event(), anyio.Event()
         self._idle, self._room, self._fetch_over = Waiters(), Waiters(), False
         if self._stop_requests:
             self._stopping.set()
+        if self._stop_requests > 1:
+            self._hard.set()
         await self.broker.connect()
-        self._timeouts.deadlines.bind(asyncio.get_running_loop())
         consumer = await self.broker.consumer(
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )
-        self._consumer = consumer
         keeper = self.keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
         settler = Settler(consumer, self.stats, self._free)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
-                services.start_soon(settler.acks.run)
                 services.start_soon(self.stall.run)
-                services.start_soon(self._drain_deadline, keeper)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
+                services.start_soon(self._stop_when_asked, keeper, settler)
+                with anyio.CancelScope() as self._work_scope:
+                    await self._work(consumer, keeper, settler)
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_SECONDS):
+                await consumer.close()  # gives back whatever is still leased (jobs abandoned by a hard stop)
+        log.info("worker stopped: %s", self.stats)
+        return self.stats
+
+    async def _work(self, consumer: Consumer, keeper: LeaseKeeper, settler: Settler) -> None:
+        """Fetch and run until stopped, then wait for the last acks."""
+        async with anyio.create_task_group() as settling:
+            settling.start_soon(settler.acks.run)
+            try:
                 async with anyio.create_task_group() as runners:
-                    self._runners = runners.cancel_scope
                     for _ in range(self.config.concurrency):
                         runners.start_soon(self._runner, settler)
                     self.ready.set()
@@ -142,28 +158,14 @@ class Worker:
                         ",".join(self.config.queues),
                         self.config.concurrency,
                     )
-                    await self._fetch_loop(consumer, keeper)
-                with anyio.CancelScope(shield=True):
-                    await settler.acks.flush()
-                    await self._give_back_the_rest(settler, keeper)
-                services.cancel_scope.cancel()
-        finally:
-            self._timeouts.deadlines.bind(None)
-            with anyio.CancelScope(shield=True):
-                await consumer.close()
-        log.info("worker stopped: %s", self.stats)
-        return self.stats
+                    await self._fetch_loop(consumer, keeper, settler)
+            finally:
+                settler.acks.close()  # the batcher sends what is pending, waits for the answer, returns
 
-    async def _give_back_the_rest(self, settler: Settler, keeper: LeaseKeeper) -> None:
-        """Release leases no runner settled (runners stopped while jobs were stuck or buffered)."""
-        self._buffer.clear()
-        for held in [h for h in keeper.held.values() if not h.settling and not h.lost]:
-            await settler.release(held)
-
-    def _free(self, helds: Sequence[Held]) -> None:
+    def _free(self, attempts: Sequence[Attempt]) -> None:
         """Lease slots are free again (their jobs were settled, given back or lost)."""
         assert self.keeper is not None
-        self.keeper.remove(helds)
+        self.keeper.remove(attempts)
         if self._room:
             self._room.wake_all()
 
@@ -175,142 +177,158 @@ class Worker:
                 log.warning("received %s: %s", signal.Signals(signum).name, how)
                 self.stop()
 
-    async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper) -> None:
-        """Lease as many jobs as there are free slots, one broker call at a time."""
+    async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper, settler: Settler) -> None:
+        """The only code that leases jobs: as many as there are free slots, one broker call at a time."""
         assert self._stopping is not None
         stopping, wait = self._stopping, self.config.fetch_wait_seconds
         backoff = _FETCH_BACKOFF[0]
+        most = self.config.leases_held
+        batch = max(1, (most - self.config.concurrency) // 2)  # with prefetch > concurrency, fetch in batches
         try:
-            most = self.config.leases_held
-            batch = max(1, (most - self.config.concurrency) // 2)  # with prefetch > concurrency, fetch in batches
-            while not stopping.is_set():
+            while not self._stop_requests:
                 free = most - len(keeper.held)
                 if free <= 0 or (free < batch and self._buffer):  # runners still have work: let slots add up
                     await self._room.wait()  # woken when a slot frees or a stop is asked for
                     continue
-                if self._fetching:  # a runner is leasing jobs (see _refill): it wakes this loop when done
-                    await self._room.wait()
-                    continue
+                deliveries: list[Delivery] = []
                 try:
-                    self._fetching = True
-                    try:
+                    with anyio.CancelScope() as self._fetch_scope:
                         deliveries = await consumer.fetch(free, wait)
-                    finally:
-                        self._fetching = False
                 except Exception as exc:  # the broker is away: keep the leases we hold, try again later
                     log.error("fetch failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, backoff)
                     with anyio.move_on_after(backoff * (0.5 + random.random() / 2)):
                         await stopping.wait()
                     backoff = min(backoff * 2, _FETCH_BACKOFF[1])
                     continue
+                finally:
+                    self._fetch_scope = None
                 backoff = _FETCH_BACKOFF[0]
                 if deliveries:
                     self._buffer.extend(keeper.add(deliveries))  # kept alive from now on
-                    self._idle.wake_one()  # it passes the baton on if more jobs wait (see _runner)
+                    self._idle.wake_one()  # it passes the baton on if more jobs wait (see _next)
         finally:
             self._fetch_over = True
             self._idle.wake_all()
+            await self._give_back_buffer(settler)  # what a stop found fetched and not started
 
-    async def _refill(self, settler: Settler) -> bool:
-        """Lease the next jobs from a runner that ran out of work while the fetch loop waits for free slots.
+    async def _give_back_buffer(self, settler: Settler) -> None:
+        rest = list(self._buffer)
+        self._buffer.clear()
+        await settler.give_back(rest)
 
-        The runner settles the acks in hand (freeing their slots) and fetches without waiting, in
-        its own task, instead of waking the ack batcher and the fetch loop in turn and parking: a
-        worker of short jobs goes round the event loop once per batch rather than three times.
-        Whether or not it found jobs, the fetch loop is woken afterwards to wait for the next ones.
-        """
-        assert self.keeper is not None and self._consumer is not None
-        keeper, found = self.keeper, False
-        self._fetching = True
-        try:
-            await settler.acks.flush()
-            free = self.config.leases_held - len(keeper.held)
-            if free > 0 and not self._stop_requests:
-                deliveries = await self._consumer.fetch(free, 0.0)
-                if deliveries:
-                    self._buffer.extend(keeper.add(deliveries))
-                    found = True
-        except Exception as exc:  # nothing was leased: the fetch loop, woken below, tries again
-            log.warning(
-                "a runner's fetch of the next jobs failed (%s: %s); the fetch loop goes on", type(exc).__name__, exc
-            )
-        finally:
-            self._fetching = False
-            self._room.wake_all()
-        return found
-
-    async def _drain_deadline(self, keeper: LeaseKeeper) -> None:
-        assert self._stopping is not None
-        assert self._drain_over is not None
+    async def _stop_when_asked(self, keeper: LeaseKeeper, settler: Settler) -> None:
+        """On a stop: give back unstarted jobs, wait out the drain, cancel the rest, and never wait for ever."""
+        assert self._stopping is not None and self._hard is not None
         await self._stopping.wait()
+        await self._give_back_buffer(settler)
         with anyio.move_on_after(self.config.drain_seconds):
-            await self._drain_over.wait()
-        running = [h for h in keeper.held.values() if h.running]
+            await self._hard.wait()
+        running = [a for a in keeper.held.values() if a.phase == "running"]
         if running:
             log.warning("drain time over: cancelling %d running jobs and giving them back", len(running))
-        for held in running:
-            held.stopping = True
-            held.cancel()
-        # A job stuck in middleware outside its own scope does not hold the worker up for long.
+        for attempt in list(keeper.held.values()):
+            if attempt.phase != "settling":
+                attempt.cancel("shutdown")
+        if self._fetch_scope is not None:
+            self._fetch_scope.cancel()
         with anyio.move_on_after(_STUCK_GRACE):
-            while any(h.running for h in keeper.held.values()):  # noqa: ASYNC110 - a short, bounded poll
-                await anyio.sleep(0.05)
-        if self._runners is not None and any(h.running for h in keeper.held.values()):
-            log.error("jobs still running %ss after they were cancelled: stopping their runners", _STUCK_GRACE)
-            self._runners.cancel()
+            await self._hard.wait()
+        if self._hard.is_set():
+            await anyio.sleep(_HARD_GRACE)
+        stuck = [a.describe() for a in keeper.held.values() if a.phase == "running"]
+        log.error(
+            "jobs still running after they were cancelled (%s): stopping without them; "
+            "the broker gets them back when this worker's consumer closes or their leases end",
+            ", ".join(stuck) or "none; the last acks did not finish",
+        )
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    async def _next(self) -> Attempt | None:
+        """The next buffered delivery for a runner, or ``None`` once fetching is over (or stopping)."""
+        buffer, idle = self._buffer, self._idle
+        while not buffer or self._stop_requests:
+            if self._fetch_over or self._stop_requests:
+                return None
+            await idle.wait()
+        attempt = buffer.popleft()
+        if buffer and idle.parked:  # pass the baton: another runner takes the next job if this one blocks
+            idle.wake_one()
+        return attempt
 
     async def _runner(self, settler: Settler) -> None:
-        assert self._stopping is not None
         task = asyncio.current_task()
         slot = self.stall.slot(task)
-        buffer, idle, chain, acks = self._buffer, self._idle, self._chain, settler.acks
         try:
-            while True:
-                if not buffer:
-                    if self._fetch_over:
-                        return
-                    if self._room and not self._fetching and await self._refill(settler):
-                        await asyncio.sleep(0)  # the loop's other tasks (heartbeats, acks, signals) get their turn
-                        continue
-                    await idle.wait()
-                    continue
-                held = buffer.popleft()
-                if buffer and idle.parked:  # pass the baton: another runner takes the next job if this one blocks
-                    idle.wake_one()
-                if held.lost:
-                    self.stats.lease_lost += 1
-                    self._free((held,))
-                elif self._stop_requests:
-                    await settler.release(held)
-                else:
-                    slot.held = held
-                    held.running = True
-                    try:
-                        job = self._prepare(held)
-                        outcome: Outcome | None = await chain(job) if isinstance(job, Job) else job
-                    except Interrupted:
-                        outcome = None
-                    finally:
-                        held.running = False
-                        slot.held = None
-                    if outcome is not None and outcome.kind in ("done", "skipped") and not held.lost:
-                        held.settling = True  # the common case: acked in the next batch, no await
-                        held.outcome = outcome.kind
-                        acks.push(held)
-                    else:
-                        await self._settle(held, outcome, settler)
+            while (attempt := await self._next()) is not None:
+                slot.held = attempt
+                try:
+                    outcome = await self._run(attempt)
+                finally:
+                    slot.held = None
+                await settler.settle(attempt, outcome)
         finally:
             if task is not None:
                 self.stall.slots.pop(task, None)
 
-    def _prepare(self, held: Held) -> Job | Outcome:
+    async def _run(self, attempt: Attempt) -> Outcome | None:
+        """Run one attempt in its own scope; the outcome to settle, or ``None`` if the worker stopped it first.
+
+        Only a cancellation of this runner itself (a hard stop, or the worker's caller cancelling
+        :meth:`run`) propagates.
+        """
+        if attempt.cancel_reason is not None:  # lost or given back before it started
+            return None
+        attempt.phase = "running"
+        prepared = self._prepare(attempt)
+        if isinstance(prepared, Outcome):
+            return prepared
+        job = prepared
+        task = asyncio.current_task()
+        pending = task.cancelling() if task is not None else 0
+        try:
+            with attempt.scope:
+                outcome = await self._chain(job)
+                if not isinstance(outcome, Outcome):
+                    raise not_an_outcome("the middleware chain", outcome)
+                return outcome
+            return None  # the worker cancelled it (lease lost, shutdown) before it produced an outcome
+        except asyncio.CancelledError as exc:
+            if task is not None and task.cancelling() > pending:
+                raise  # this runner is being cancelled, not the job
+            return self._escaped(job, attempt, exc)
+        except BaseException as exc:  # from a middleware (the retry layer classifies the handler's own errors)
+            return self._escaped(job, attempt, exc)
+
+    def _escaped(self, job: Job, attempt: Attempt, exc: BaseException) -> Outcome | None:
+        """The outcome of an attempt whose chain raised instead of returning an outcome."""
+        if attempt.cancel_reason is not None:
+            return None  # raised while the worker was cancelling it: given back (shutdown) or left (lost)
+        if isinstance(exc, BadOutcomeError):
+            log.error("%s: %s; dead-lettered", attempt.describe(), exc)
+            return Outcome("dead", "bad_outcome", exc)
+        if isinstance(exc, asyncio.CancelledError):
+            error: Exception = AsyncJobsError(
+                "the job raised CancelledError although nothing cancelled it (did it await a task or "
+                "future that someone else cancelled?)"
+            )
+            error.__cause__ = exc
+        elif isinstance(exc, Exception):
+            error = exc
+        else:
+            error = AsyncJobsError(f"{type(exc).__name__} raised by the job: {exc}")
+            error.__cause__ = exc
+        log.error("%s: %s escaped the middleware chain", attempt.describe(), type(exc).__name__, exc_info=exc)
+        return classify_failure(job, error)
+
+    def _prepare(self, attempt: Attempt) -> Job | Outcome:
         """Decode a delivery into the :class:`Job` to run, or the outcome of a job that must not run.
 
         Bad input (a body that does not decode, an unknown task) and a job whose deliveries have
         used up its attempts are dead-lettered without reaching the middleware chain.
         """
-        delivery = held.delivery
-        held.started = started = wall_time()
+        delivery = attempt.delivery
+        attempt.started = started = wall_time()
         env = delivery.envelope  # the in-memory broker's: what decoding the body would give
         if env is None:
             try:
@@ -320,33 +338,41 @@ class Worker:
                     exc if isinstance(exc, EnvelopeError) else EnvelopeError(f"message could not be read: {exc!r}")
                 )
                 return Outcome("dead", "malformed", unreadable)
-        held.envelope = env
-        attempt = env.attempt + delivery.delivery_count - 1
-        held.task, held.attempt = env.task, attempt
+        attempt.envelope = env
+        number = env.attempt + delivery.delivery_count - 1
+        attempt.task, attempt.number = env.task, number
         spec = self.app.tasks.get(env.task)
         if spec is None:
             unknown = UnknownTaskError(f"no task named {env.task!r} is registered")
             return Outcome("dead", "unknown_task", unknown)
-        job = Job(env, delivery, spec, attempt, started, {}, held)
+        job = Job(env, delivery, spec, number, started, {}, attempt)
         most = job.max_attempts
-        if attempt > most:
+        if number > most:
             error = AsyncJobsError(
                 f"delivered {delivery.delivery_count} times without being settled (crashed or lost its lease); "
-                f"attempt {attempt} exceeds max_attempts={most}"
+                f"attempt {number} exceeds max_attempts={most}"
             )
             return Outcome("dead", "max_attempts", error)
+        if self.config.heartbeat <= 0:
+            job = self._capped(job)
         return job
 
-    async def _settle(self, held: Held, outcome: Outcome | None, settler: Settler) -> None:
-        if held.lost:  # the job may run elsewhere now: never settle it here
-            self.stats.lease_lost += 1
-            self._free((held,))
-        elif outcome is None:  # cancelled by shutdown before an outcome: give it back now
-            await settler.release(held)
-        else:
-            held.settling = True
-            with anyio.CancelScope(shield=True):
-                await settler.settle(held, held.envelope, outcome, held.started)
+    def _capped(self, job: Job) -> Job:
+        """With heartbeats off nothing extends the lease: a job may not run longer than it lasts."""
+        cap = self.config.lease_seconds * _NO_HEARTBEAT_SHARE
+        timeout = job.timeout
+        if timeout is not None and timeout <= cap:
+            return job
+        log.warning(
+            "job %s (task %s): timeout %s capped to %.3gs: heartbeats are off and its lease lasts %gs",
+            job.id,
+            job.task,
+            "none" if timeout is None else f"{timeout:g}s",
+            cap,
+            self.config.lease_seconds,
+        )
+        job.envelope = replace(job.envelope, timeout=cap)
+        return job
 
 
 async def run_worker(app: App, config: WorkerConfig | None = None) -> WorkerStats:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from asyncjobs.errors import BadOutcomeError
 from asyncjobs.job import Job, Outcome
 
 CallNext = Callable[[Job], Awaitable[Outcome]]
@@ -36,22 +37,32 @@ class WrappingMiddleware(Middleware, Protocol):
 
 
 def build_chain(middleware: Sequence[Middleware], innermost: CallNext) -> CallNext:
-    """Compose ``middleware`` (outermost first) around ``innermost``."""
+    """Compose ``middleware`` (outermost first) around ``innermost``.
+
+    A layer without ``wrap`` is checked as it returns: anything but an :class:`Outcome` raises
+    :class:`~asyncjobs.errors.BadOutcomeError` there, so the layers outside it see an error, not
+    ``None``.
+    """
     call = innermost
     for layer in reversed(middleware):
         wrap = getattr(layer, "wrap", None)
-        call = wrap(call) if callable(wrap) else _Bound(layer, call)
+        call = wrap(call) if callable(wrap) else _checked(layer, call)
     return call
 
 
-class _Bound:
-    """``layer`` with its ``call_next`` bound: calling it returns the layer's coroutine directly."""
+def not_an_outcome(layer: object, value: object) -> BadOutcomeError:
+    """The error for ``layer`` returning ``value`` instead of an :class:`Outcome`."""
+    name = layer if isinstance(layer, str) else f"middleware {type(layer).__qualname__}"
+    return BadOutcomeError(f"{name} returned {value!r} instead of an Outcome (did it forget `return`?)")
 
-    __slots__ = ("call_next", "layer")
 
-    def __init__(self, layer: Middleware, call_next: CallNext) -> None:
-        self.layer = layer
-        self.call_next = call_next
+def _checked(layer: Middleware, call_next: CallNext) -> CallNext:
+    """``layer`` with its ``call_next`` bound, and its result checked."""
 
-    def __call__(self, job: Job) -> Awaitable[Outcome]:
-        return self.layer(job, self.call_next)
+    async def call(job: Job) -> Outcome:
+        outcome = await layer(job, call_next)
+        if not isinstance(outcome, Outcome):
+            raise not_an_outcome(layer, outcome)
+        return outcome
+
+    return call

@@ -94,8 +94,8 @@ class _Traced:
 class TracingMiddleware(_Traced):
     """The consumer side: one ``CONSUMER`` span around each attempt (the outermost layer).
 
-    ``cancel_reason(job)`` tells why an attempt was cancelled (``lease_lost``, ``shutdown``); the
-    worker provides it.
+    Why the worker cancelled an attempt (``lease_lost``, ``shutdown``) is read from
+    :attr:`Job.cancel_reason <asyncjobs.job.Job.cancel_reason>` unless ``cancel_reason`` is given.
     """
 
     def __init__(
@@ -155,7 +155,7 @@ class TracingMiddleware(_Traced):
             try:
                 outcome = await call_next(job)
             except BaseException as exc:
-                reason = self.cancel_reason(job) if self.cancel_reason is not None else None
+                reason = self.cancel_reason(job) if self.cancel_reason is not None else job.cancel_reason
                 if reason is not None:
                     span.add_event(f"asyncjobs.{reason}")
                     span.set_attribute("asyncjobs.outcome", "cancelled")
@@ -244,13 +244,11 @@ class TracingProducerMiddleware(_Traced):
         return accepted
 
 
-def observability_layers(
-    broker_url: str, middleware: Sequence[object], cancel_reason: Callable[[Job], str | None]
-) -> list[TracingMiddleware | MetricsMiddleware]:
+def observability_layers(broker_url: str, middleware: Sequence[object]) -> list[TracingMiddleware | MetricsMiddleware]:
     """The worker's outermost layers: tracing and metrics, each only when an SDK provider is set.
 
-    A :class:`TracingMiddleware` the user passed in ``middleware`` is completed (system, cancel
-    reasons) instead of being doubled.
+    A :class:`TracingMiddleware` the user passed in ``middleware`` is completed (its messaging
+    system) instead of being doubled.
     """
     from asyncjobs.middleware.metrics import MetricsMiddleware, metrics_enabled
 
@@ -259,9 +257,8 @@ def observability_layers(
     given = [m for m in middleware if isinstance(m, TracingMiddleware)]
     for layer in given:
         layer.system = system if layer.system == "unknown" else layer.system
-        layer.cancel_reason = layer.cancel_reason or cancel_reason
     if not given and tracing_enabled():
-        layers.append(TracingMiddleware(system=system, cancel_reason=cancel_reason))
+        layers.append(TracingMiddleware(system=system))
     if metrics_enabled():
         layers.append(MetricsMiddleware())
     return layers

@@ -102,7 +102,7 @@ async def test_billing_job_killed_before_its_ack_charges_once(kind: str, tmp_pat
             second.send_signal(signal.SIGTERM)
             output, _ = await anyio.to_thread.run_sync(lambda: second.communicate(timeout=30))
         assert second.returncode == 0, output
-        assert "skipped=1" in output, output
+        assert "worker stopped: skipped 1" in output, output
         assert await count_charges(charges) == [("invoice-42", 1999)], "the redelivery did not charge again"
         assert stats.dead == 0
         store: DedupeStore = (

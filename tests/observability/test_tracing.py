@@ -238,7 +238,7 @@ async def test_a_lost_lease_is_a_span_event(provider: TracerProvider, exporter: 
 
 async def test_without_an_sdk_provider_nothing_is_traced_and_headers_stay_untouched() -> None:
     assert not tracing_enabled(), "the test session never installs a global tracer provider"
-    layers = observability_layers("memory://", [], lambda job: None)
+    layers = observability_layers("memory://", [])
     assert not any(isinstance(layer, TracingMiddleware) for layer in layers)
     app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"))
 

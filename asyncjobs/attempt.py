@@ -1,0 +1,71 @@
+"""One delivery in a worker's hands: its lease, and the one cancel scope of the attempt that runs it.
+
+An :class:`Attempt` is the single owner of everything the worker knows about one delivery from
+the moment it is fetched until it is settled: the lease's last confirmed deadline, the cancel
+scope the whole middleware chain runs in, and *why* that scope was cancelled. Timeouts have a
+scope of their own inside it (opened by the timeout middleware; the deadline lives on that
+scope); the reasons the *worker* stops an attempt are kept here:
+
+* ``lease_lost``: the broker no longer holds the lease for this worker. The job may already run
+  elsewhere: the handler is cancelled at once and the delivery is never acked here.
+* ``shutdown``: the drain deadline of a shutdown passed (or a second stop came). The job is
+  given back to the broker without using up an attempt, unless it returned an outcome first.
+
+A delivery moves through ``buffered`` (fetched, not started), ``running`` and ``settling``
+(the outcome is known and being carried out), then is forgotten. Nothing else of the worker
+keeps a copy of these facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+
+from asyncjobs.broker import Delivery
+from asyncjobs.envelope import Envelope
+
+CancelReason = Literal["lease_lost", "shutdown"]
+Phase = Literal["buffered", "running", "settling"]
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """The worker's record of one leased delivery and the attempt that runs it.
+
+    ``confirmed_until`` is the monotonic time up to which the broker last confirmed the lease.
+    ``task`` and ``number`` (the attempt number, 1 on the first run) are known once the body is
+    decoded; ``envelope`` is the decoded job (``None`` until then, or when it does not decode).
+    ``started`` is the wall time at which a runner took it.
+    """
+
+    delivery: Delivery
+    confirmed_until: float
+    phase: Phase = "buffered"
+    task: str = "?"
+    number: int = 0
+    envelope: Envelope | None = None
+    started: float = 0.0
+    cancel_reason: CancelReason | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope, repr=False)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease was lost: this delivery must not be settled here."""
+        return self.cancel_reason == "lease_lost"
+
+    def describe(self) -> str:
+        """``job ID (task NAME, attempt N)`` for log lines."""
+        number = self.number or self.delivery.delivery_count
+        return f"job {self.delivery.job_id} (task {self.task}, attempt {number})"
+
+    def cancel(self, reason: CancelReason) -> None:
+        """Stop this attempt for ``reason``; a lost lease overrides a shutdown, never the reverse.
+
+        The scope is cancelled whether or not the attempt has started: an attempt cancelled while
+        buffered never starts its handler.
+        """
+        if self.cancel_reason != "lease_lost":
+            self.cancel_reason = reason
+        self.scope.cancel()
