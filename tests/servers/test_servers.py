@@ -47,8 +47,9 @@ async def _count(url: str, queue: str) -> int:
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
-        count: int = declared.declaration_result.message_count
-        return count
+        count = declared.declaration_result.message_count
+        assert count is not None
+        return int(count)
 
 
 @pytest.mark.rabbitmq
