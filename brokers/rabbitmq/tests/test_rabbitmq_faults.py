@@ -1,5 +1,9 @@
 """Fault tests on the real server with real worker processes: kill -9, a forced connection close,
-and a job that outlives the server's consumer timeout."""
+and a job that outlives the server's consumer timeout.
+
+The consumer-timeout test needs ``consumer_timeout`` (and the channel tick that enforces it) far
+below their defaults: it runs on a private RabbitMQ node started with them in its own config
+(``tests.servers.rabbitmq``), never by changing the shared server's settings."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from asyncjobs_rabbitmq import RabbitBroker
 
 from asyncjobs import App
 from tests.harness import require_server
+from tests.servers.rabbitmq import RabbitNode, rabbitmq_node
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq, pytest.mark.fault]
 
@@ -32,18 +37,30 @@ BASE = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @pytest.fixture(autouse=True)
-def _server() -> None:
-    require_server("rabbitmq")
+def _server(request: pytest.FixtureRequest) -> None:
+    if "timeout_node" not in request.fixturenames:  # that one brings a server of its own
+        require_server("rabbitmq")
 
 
-def url(prefix: str, queue_type: str, name: str) -> str:
-    return f"{BASE}?queue_type={queue_type}&queue_prefix={prefix}.&connection_name={name}"
+CONSUMER_TIMEOUT_MS = 2000
+
+
+@pytest.fixture(scope="module")
+def timeout_node() -> Iterator[RabbitNode]:
+    """A private node whose ``consumer_timeout`` is 2 s, checked every 500 ms (the channel tick is
+    60 s by default, and ``rabbitmq.conf`` has no key for it: it goes into ``advanced.config``)."""
+    with rabbitmq_node(f"consumer_timeout = {CONSUMER_TIMEOUT_MS}", rabbit_env={"channel_tick_interval": 500}) as node:
+        yield node
+
+
+def url(prefix: str, queue_type: str, name: str, base: str = BASE) -> str:
+    return f"{base}?queue_type={queue_type}&queue_prefix={prefix}.&connection_name={name}"
 
 
 @asynccontextmanager
-async def producer(prefix: str, queue_type: str) -> AsyncIterator[App]:
+async def producer(prefix: str, queue_type: str, base: str = BASE) -> AsyncIterator[App]:
     """An app to enqueue with; deletes every queue of the test at the end."""
-    app = make_app(url(prefix, queue_type, f"{prefix}-producer"))
+    app = make_app(url(prefix, queue_type, f"{prefix}-producer", base))
     broker = app.broker
     assert isinstance(broker, RabbitBroker)
     await broker.connect()
@@ -54,10 +71,12 @@ async def producer(prefix: str, queue_type: str) -> AsyncIterator[App]:
         await broker.close()
 
 
-def spawn(prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0) -> subprocess.Popen[str]:
+def spawn(
+    prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0, base: str = BASE
+) -> subprocess.Popen[str]:
     """Start a worker process (see ``rabbit_worker.py``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, str(HERE / "rabbit_worker.py"), url(prefix, queue_type, f"{prefix}-worker"), str(log)]
+    args = [sys.executable, str(HERE / "rabbit_worker.py"), url(prefix, queue_type, f"{prefix}-worker", base), str(log)]
     return subprocess.Popen([*args, str(concurrency), str(lease)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
 
 
@@ -76,10 +95,10 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 @contextmanager
 def worker(
-    prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0
+    prefix: str, queue_type: str, log: Path, concurrency: int = 4, lease: float = 3.0, base: str = BASE
 ) -> Iterator[subprocess.Popen[str]]:
     """A worker process, started and ready; stopped at the end if still running."""
-    proc = spawn(prefix, queue_type, log, concurrency, lease)
+    proc = spawn(prefix, queue_type, log, concurrency, lease, base)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready", "worker did not start"
@@ -187,36 +206,15 @@ async def test_forced_connection_close_reconnects_and_loses_nothing(tmp_path: Pa
         assert (await app.broker.stats(QUEUE)).ready == 0
 
 
-def _ctl_eval(expr: str) -> str:
-    result = subprocess.run(["rabbitmqctl", "eval", expr], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-@contextmanager
-def short_consumer_timeout(ms: int) -> Iterator[None]:
-    """Set the server's global ``consumer_timeout`` (and channel tick) low; restore both afterwards."""
-    saved = {
-        key: _ctl_eval(f"application:get_env(rabbit, {key}).") for key in ("consumer_timeout", "channel_tick_interval")
-    }
-    try:
-        _ctl_eval(f"application:set_env(rabbit, channel_tick_interval, {min(ms, 1000)}).")
-        _ctl_eval(f"application:set_env(rabbit, consumer_timeout, {ms}).")
-        yield
-    finally:
-        for key, value in saved.items():
-            match = re.fullmatch(r"\{ok,(\d+)\}", value)
-            if match:
-                _ctl_eval(f"application:set_env(rabbit, {key}, {match.group(1)}).")
-            else:
-                _ctl_eval(f"application:unset_env(rabbit, {key}).")
-
-
-async def test_job_longer_than_consumer_timeout_runs_once_on_a_healthy_worker(tmp_path: Path) -> None:
+async def test_job_longer_than_consumer_timeout_runs_once_on_a_healthy_worker(
+    tmp_path: Path, timeout_node: RabbitNode
+) -> None:
     prefix, log = f"f{uuid.uuid4().hex[:10]}", tmp_path / "runs.log"
-    async with producer(prefix, "quorum") as app:
-        with short_consumer_timeout(2000), worker(prefix, "quorum", log, concurrency=2, lease=6.0):
-            long_id = (await app.enqueue("fault.sleepy", 9.0)).id
+    assert timeout_node.eval("application:get_env(rabbit, consumer_timeout).") == f"{{ok,{CONSUMER_TIMEOUT_MS}}}"
+    base = timeout_node.url
+    async with producer(prefix, "quorum", base) as app:
+        with worker(prefix, "quorum", log, concurrency=2, lease=6.0, base=base):
+            long_id = (await app.enqueue("fault.sleepy", 9.0)).id  # 4.5 x consumer_timeout
             short_ids = {(await app.enqueue("fault.sleepy", 0.1)).id for _ in range(3)}
             await wait_for(lambda: long_id in done_ids(log), 40, "the long job to finish")
             await wait_for(lambda: done_ids(log) >= short_ids, 10, "the short jobs")
@@ -225,3 +223,7 @@ async def test_job_longer_than_consumer_timeout_runs_once_on_a_healthy_worker(tm
         assert next(p for p in lines(log, "end") if p[1] == long_id)[2] == "done"
         await anyio.sleep(1.0)
         assert (await app.broker.stats(QUEUE)).ready == 0
+    server_log = timeout_node.log_file.read_text()
+    assert "delivery acknowledgement on channel" in server_log and "timed out" in server_log, (
+        "the server closed the worker's channel for consumer_timeout (else this test proves nothing)"
+    )

@@ -1,16 +1,16 @@
 """The Redis broker under real faults: killed workers, racing reapers, stolen leases, a restarted server.
 
 Workers run as real processes (``asyncjobs worker``) on the shared test server, except the
-restart test, which starts and kills a Redis server of its own on a spare loopback port.
+restart and server-setting tests, which start and kill a Redis server of their own on a spare
+loopback port (``tests.servers.redis``, no persistence: a restart loses the server's memory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +26,12 @@ from asyncjobs_redis import RedisBroker
 from redis.asyncio import Redis
 
 from asyncjobs import App
-from asyncjobs.broker import OutgoingJob
+from asyncjobs.broker import Delivery, OutgoingJob
 from asyncjobs.errors import BrokerConnectionError
 from tests.harness import require_server
 from tests.harness.redis import REDIS_URL, delete_prefix
 from tests.runtime.helpers import eventually, running
+from tests.servers.redis import redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.fault]
 
@@ -57,7 +58,7 @@ async def prefix() -> AsyncIterator[str]:
 def fault_app(url: str) -> App:
     sys.path.insert(0, str(HERE))
     try:
-        from redis_fault_app import make_app  # type: ignore[import-not-found]
+        from redis_fault_app import make_app  # type: ignore[import-not-found,unused-ignore]
     finally:
         sys.path.remove(str(HERE))
     app: App = make_app(url)
@@ -72,7 +73,10 @@ async def records(prefix: str) -> list[Record]:
     """The attempt records the workers wrote."""
     client = Redis.from_url(REDIS_URL)
     try:
-        return [line.decode().split() for line in await client.lrange(record_key(prefix), 0, -1)]
+        return [
+            (line.decode() if isinstance(line, bytes) else line).split()
+            for line in await client.lrange(record_key(prefix), 0, -1)
+        ]
     finally:
         await client.aclose()
 
@@ -150,7 +154,7 @@ async def test_racing_consumers_redeliver_each_expired_lease_exactly_once(prefix
     total = 300
     await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "race", b"{}") for _ in range(total)])
     ghost = await broker.consumer(["race"], prefetch=total, lease_seconds=1.0)
-    taken = []
+    taken: list[Delivery] = []
     while len(taken) < total:
         taken += await ghost.fetch(total, 1.0)
     expires = time.time() + 1.0
@@ -200,10 +204,11 @@ async def test_stolen_lease_cancels_the_handler_and_is_not_acked(prefix: str) ->
         async with running(app, lease_seconds=0.9) as worker:
             with anyio.fail_after(5):
                 await started.wait()
-            stolen = []
+            stolen: list[Delivery] = []
             with anyio.fail_after(5):
                 while not stolen:  # a heartbeat landing in between renews it: end it again
                     [handle] = await raw.zrange(leased, 0, -1)
+                    assert isinstance(handle, bytes)
                     await raw.zadd(leased, {handle: 0})  # the lease runs out under the worker's feet
                     stolen = await thief.fetch(1, 0.0)
             assert stolen[0].delivery_count == 2
@@ -218,50 +223,9 @@ async def test_stolen_lease_cancels_the_handler_and_is_not_acked(prefix: str) ->
         await broker.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def own_redis(port: int, workdir: Path, *options: str) -> Iterator[Callable[[float], None]]:
-    """A Redis server without persistence on ``port``; yields ``restart(down_seconds)``: kill, wait, start."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options]
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-        raise RuntimeError(f"redis-server did not start on port {port}")
-
-    procs = [start()]
-
-    def restart(down: float = 0.5) -> None:
-        procs[0].kill()  # a crash: no shutdown save (and persistence is off anyway)
-        procs[0].wait(5)
-        time.sleep(down)
-        procs[0] = start()
-
-    try:
-        yield restart
-    finally:
-        procs[0].kill()
-        procs[0].wait(5)
-
-
 async def test_worker_survives_a_redis_restart_and_resumes(prefix: str, tmp_path: Path) -> None:
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0?prefix={prefix}"
-    with own_redis(port, tmp_path) as restart:
+    with redis_server(workdir=tmp_path) as server:
+        url = f"{server.url}?prefix={prefix}"
         producer = fault_app(url)
         async with producer:
             before = {(await producer.enqueue("fault.nap", 0.01)).id for _ in range(3)}
@@ -270,7 +234,7 @@ async def test_worker_survives_a_redis_restart_and_resumes(prefix: str, tmp_path
                 long = {(await producer.enqueue("fault.nap", 10)).id for _ in range(3)}
                 await records_when(prefix, lambda rs: {r[1] for r in rs if r[0] == "start"} >= long, within=10)
                 # Down for longer than a lease: every slot's lease is given up while the server is away.
-                await anyio.to_thread.run_sync(restart, 1.5)
+                await anyio.to_thread.run_sync(server.restart, 1.5)
                 after = {(await producer.enqueue("fault.nap", 0.01)).id for _ in range(3)}
                 found = await records_when(prefix, lambda rs: finished(rs) >= after, within=12)
                 assert worker.poll() is None, "the worker process survived the restart"
@@ -278,18 +242,16 @@ async def test_worker_survives_a_redis_restart_and_resumes(prefix: str, tmp_path
 
 
 async def test_a_server_that_may_evict_jobs_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    with own_redis(port, tmp_path, "--maxmemory-policy", "allkeys-lru"):
-        broker = RedisBroker(f"redis://127.0.0.1:{port}/0")
+    with redis_server("--maxmemory-policy", "allkeys-lru", workdir=tmp_path) as server:
+        broker = RedisBroker(server.url)
         await broker.connect()
         await broker.close()
     assert "maxmemory-policy is allkeys-lru" in caplog.text
 
 
 async def test_operations_on_a_downed_server_raise_connection_errors_then_recover(tmp_path: Path) -> None:
-    port = free_port()
-    with own_redis(port, tmp_path) as restart:
-        broker = RedisBroker(f"redis://127.0.0.1:{port}/0?socket_timeout=2")
+    with redis_server(workdir=tmp_path) as server:
+        broker = RedisBroker(f"{server.url}?socket_timeout=2")
         await broker.connect()
         consumer = await broker.consumer(["q"], prefetch=10, lease_seconds=30)
         await broker.enqueue([OutgoingJob("a", "q", b"{}")])
@@ -297,7 +259,7 @@ async def test_operations_on_a_downed_server_raise_connection_errors_then_recove
         down = anyio.Event()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, restart)
+            tg.start_soon(anyio.to_thread.run_sync, functools.partial(server.restart, 0.5))
             with anyio.fail_after(10):
                 while not down.is_set():
                     try:
