@@ -38,6 +38,7 @@ class _Stored:
     deadline: float = 0.0
     ready_since: float = 0.0
     envelope: Envelope | None = None  # what body decodes to, when the producer's own envelope can stand for it
+    unique_key: str | None = None  # the enqueue-time key it holds: freed when the job is dead-lettered
 
 
 @dataclass
@@ -59,7 +60,9 @@ class MemoryBroker:
         self.url = url
         self._jobs: dict[int, _Stored] = {}
         self._queues: dict[str, _Queue] = {}
-        self._unique: dict[str, float] = {}
+        self._unique: dict[str, float] = {}  # unique key -> when it expires (monotonic)
+        self._unique_expiry: list[tuple[float, str]] = []  # the same, as a heap: expired keys are dropped
+        self._dead_seq = itertools.count(2)
         self._seq = itertools.count(1)
         self._token_prefix = uuid.uuid4().hex[:8] + "-"
         self._wakeup: anyio.Event | None = None
@@ -92,11 +95,17 @@ class MemoryBroker:
             self._wakeup = None
 
     def _store(
-        self, queue: str, job_id: str | None, body: bytes, not_before: float | None, env: Envelope | None = None
+        self,
+        queue: str,
+        job_id: str | None,
+        body: bytes,
+        not_before: float | None,
+        env: Envelope | None = None,
+        unique_key: str | None = None,
     ) -> None:
         seq = next(self._seq)
         now = monotonic()
-        stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now, envelope=env)
+        stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now, envelope=env, unique_key=unique_key)
         q = self._queue(queue)
         delay = 0.0 if not_before is None else not_before - wall_time()
         if delay > 0:
@@ -115,19 +124,45 @@ class MemoryBroker:
         accepted: list[bool] = []
         for job in jobs:
             if job.unique_key is not None:
+                self._forget_expired_keys(now)
                 expires = self._unique.get(job.unique_key)
                 if expires is not None and expires > now:
                     accepted.append(False)
                     continue
                 self._unique[job.unique_key] = now + job.unique_ttl
+                heapq.heappush(self._unique_expiry, (now + job.unique_ttl, job.unique_key))
             env = job.envelope
             # The body stays the job (dead letters, inspection); the envelope only spares the worker a parse.
             self._store(
-                job.queue, job.id, job.body, job.not_before, env if env is not None and reads_back_equal(env) else None
+                job.queue,
+                job.id,
+                job.body,
+                job.not_before,
+                env if env is not None and reads_back_equal(env) else None,
+                job.unique_key,
             )
             accepted.append(True)
         self._notify()
         return accepted
+
+    def _forget_expired_keys(self, now: float) -> None:
+        """Drop unique keys whose TTL is over, so they do not pile up in memory."""
+        heap, unique = self._unique_expiry, self._unique
+        while heap and heap[0][0] <= now:
+            expires, key = heapq.heappop(heap)
+            if unique.get(key) == expires:
+                del unique[key]
+
+    def _dead_letter(self, stored: _Stored, info: DeadLetterInfo) -> None:
+        """Keep ``stored`` among its queue's dead letters, under an id of its own, and free its unique key."""
+        dead = self._queue(stored.queue).dead
+        dead_id = stored.job_id or uuid.uuid4().hex
+        if dead_id in dead:  # the same job id dead again (replayed, or reused by a producer): keep both
+            dead_id = f"{dead_id}.{next(self._dead_seq)}"
+        dead[dead_id] = DeadLetter(dead_id, stored.queue, stored.body, info)
+        if stored.unique_key is not None and self._unique.pop(stored.unique_key, None) is not None:
+            self._unique_expiry = [entry for entry in self._unique_expiry if entry[1] != stored.unique_key]
+            heapq.heapify(self._unique_expiry)
 
     async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> MemoryConsumer:
         """A consumer over ``queues``; ``prefetch`` bounds how many leases one fetch takes."""
@@ -246,8 +281,16 @@ class MemoryBroker:
         return list(reversed(self._queue(queue).dead.values()))[:limit]
 
     async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
-        """One dead letter by id."""
-        return self._queue(queue).dead.get(dead_id)
+        """One dead letter by the id :meth:`list_dead` shows.
+
+        The first dead letter of a job has the job's id; a later one of the same id gets
+        ``ID.N``. A plain job id with no entry of its own finds the newest ``ID.N``.
+        """
+        dead = self._queue(queue).dead
+        found = dead.get(dead_id)
+        if found is None:
+            found = next((d for d in reversed(dead.values()) if d.id.rpartition(".")[0] == dead_id), None)
+        return found
 
     async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
         """Atomically swap a dead letter for a ready job with ``body``."""
@@ -336,7 +379,7 @@ class MemoryConsumer:
         stored = self._settled(delivery)
         if stored is None:
             return False
-        self._broker._store(stored.queue, stored.job_id, body, not_before)
+        self._broker._store(stored.queue, stored.job_id, body, not_before, unique_key=stored.unique_key)
         self._broker._notify()
         return True
 
@@ -345,10 +388,7 @@ class MemoryConsumer:
         stored = self._settled(delivery)
         if stored is None:
             return False
-        dead_id = stored.job_id or uuid.uuid4().hex
-        dead = self._broker._queue(stored.queue).dead
-        dead.pop(dead_id, None)
-        dead[dead_id] = DeadLetter(dead_id, stored.queue, stored.body, info)
+        self._broker._dead_letter(stored, info)
         return True
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
