@@ -75,7 +75,10 @@ class Worker:
         self.app = app
         self.config = config or WorkerConfig()
         self.stats = WorkerStats()
-        dedupe = [DedupeMiddleware(app.dedupe)] if app.dedupe is not None else []
+        beat, lease = self.config.heartbeat, self.config.lease_seconds
+        dedupe = (
+            [DedupeMiddleware(app.dedupe, lease_seconds=lease, heartbeat_seconds=beat)] if app.dedupe is not None else []
+        )
         outer = observability_layers(app.broker_url, middleware)  # empty unless an OTel SDK is set
         layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)

@@ -34,8 +34,12 @@ _PROCESS = f"{socket.gethostname()}:{os.getpid()}.{uuid.uuid4().hex[:4]}"
 class DedupeMiddleware:
     """Run each keyed job at most once to completion per key (within the record's TTL).
 
-    * The key is claimed atomically before the rest of the chain runs, for the job's timeout plus
-      ``grace_seconds`` (``lease_seconds`` plus grace, kept extended, for a job without timeout).
+    * The key is claimed atomically before the rest of the chain runs. With ``heartbeat_seconds``
+      (the worker passes its own lease and heartbeat) the claim lasts as long as the job's lease,
+      ``lease_seconds``, and is extended at the same pace, so the claim of a crashed worker's job
+      ends when its lease does and the redelivery runs at once. Without a heartbeat the claim lasts
+      the job's timeout plus ``grace_seconds`` (``lease_seconds`` plus grace, kept extended, for a
+      job without timeout).
     * A key already ``done``: outcome ``skipped`` (acked without running, counted).
     * A key another attempt holds: outcome ``deferred`` until that claim's lease ends (at most
       ``max_defer_seconds`` before looking again).
@@ -54,8 +58,10 @@ class DedupeMiddleware:
         lease_seconds: float = 300.0,
         max_defer_seconds: float = 2.0,
         unavailable_delay: float = 5.0,
+        heartbeat_seconds: float = 0.0,
     ) -> None:
         self.store = store
+        self.heartbeat_seconds = heartbeat_seconds
         self.grace_seconds = grace_seconds
         self.lease_seconds = lease_seconds
         self.max_defer_seconds = max_defer_seconds
@@ -67,7 +73,11 @@ class DedupeMiddleware:
         if key is None:
             return await call_next(job)
         timeout = job.timeout
-        lease = (timeout if timeout is not None else self.lease_seconds) + self.grace_seconds
+        beat = self.heartbeat_seconds
+        if beat > 0:
+            lease = self.lease_seconds
+        else:
+            lease = (timeout if timeout is not None else self.lease_seconds) + self.grace_seconds
         ttl = job.spec.options.unique_ttl
         owner = f"{_PROCESS}:{job.lease_token}"
         try:
@@ -90,8 +100,8 @@ class DedupeMiddleware:
         job.state["dedupe"] = "claimed"
         token = set_current_claim(ActiveClaim(self.store, key, owner, ttl))
         try:
-            if timeout is None:
-                outcome = await self._run_extended(job, call_next, key, owner, lease)
+            if beat > 0 or timeout is None:
+                outcome = await self._run_extended(job, call_next, key, owner, lease, beat or lease / 3)
             else:
                 outcome = await call_next(job)
         except BaseException as exc:  # cancelled (lease lost, shutdown): the next delivery may claim at once
@@ -127,12 +137,14 @@ class DedupeMiddleware:
                     status,
                 )
 
-    async def _run_extended(self, job: Job, call_next: CallNext, key: str, owner: str, lease: float) -> Outcome:
-        """Run a job without timeout while extending its claim every third of the lease."""
+    async def _run_extended(
+        self, job: Job, call_next: CallNext, key: str, owner: str, lease: float, every: float
+    ) -> Outcome:
+        """Run the rest of the chain while extending the claim every ``every`` seconds."""
 
         async def keep() -> None:
             while True:
-                await anyio.sleep(lease / 3)
+                await anyio.sleep(every)
                 try:
                     if not await self.store.extend(key, owner, lease):
                         log.warning("job %s: claim of key %r was taken over while it runs", job.id, key)

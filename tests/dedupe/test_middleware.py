@@ -271,3 +271,27 @@ async def test_a_job_the_broker_refused_gives_its_key_back_so_the_enqueue_can_be
         await send.options(key="send-1").enqueue()
     assert await store.get("send-1") is None
     assert await store.claim_enqueue("send-1", 60), "a retried enqueue may claim the key"
+
+
+async def test_a_claim_lasts_as_long_as_the_lease_and_is_extended_with_the_heartbeat() -> None:
+    """A crashed worker's claim ends with its lease (not timeout + grace), so the redelivery runs at once."""
+    from asyncjobs.clock import wall_time
+
+    app = dedupe_app()
+    seen: list[float] = []
+
+    @app.task(name="keyed", timeout=60)
+    async def keyed() -> None:
+        for _ in range(4):
+            record = await record_of(app, "k-lease")
+            assert record.lease_until is not None
+            seen.append(record.lease_until - wall_time())
+            await anyio.sleep(0.4)
+
+    await keyed.options(key="k-lease").enqueue()
+    async with running(app, lease_seconds=1.0, heartbeat_seconds=0.25) as worker:
+        await eventually(lambda: worker.stats.done == 1, within=10)
+    assert len(seen) == 4
+    assert max(seen) <= 1.05, f"claimed for the lease (1 s), not the 60 s timeout plus grace: {seen}"
+    assert min(seen) > 0.3, f"kept extended while the job ran 1.6 s: {seen}"
+    assert (await record_of(app, "k-lease")).status == "done"
