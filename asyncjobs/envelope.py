@@ -267,7 +267,7 @@ def _decode_checked(doc: dict[str, Any]) -> Envelope:
     """:func:`decode` for any document: each field checked in turn, so an error names the field."""
     get = doc.get
     version = get("v")
-    if version != VERSION or version is True:
+    if type(version) is not int or version != VERSION:
         raise EnvelopeError(f"unsupported envelope version {version!r} (this worker reads {VERSION})")
     task, job_id = get("task"), get("id")
     if type(task) is not str or not task or type(job_id) is not str or not job_id:

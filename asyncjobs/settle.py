@@ -22,6 +22,32 @@ from asyncjobs.waiters import Waiters
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 20
+MESSAGE_LIMIT = 2_000  # characters of an error message kept in a dead letter or a history entry
+TRACEBACK_LIMIT = 8_000  # characters of a traceback kept in a dead letter (its first and last lines)
+ENTRY_LIMIT = 300  # characters of the error kept in one history entry (it travels in the job's body)
+TASK_LIMIT = 300  # characters of a task name kept in a dead letter (a foreign producer may send any)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, its head and tail kept and the cut marked."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    tail = limit - head
+    return f"{text[:head]}…[{len(text) - limit} characters cut]…{text[-tail:]}"
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """``(message, traceback)`` of ``error``, bounded, whatever its ``__str__`` does."""
+    try:
+        message = str(error)
+    except Exception as exc:  # a user's exception whose __str__ raises
+        message = f"<str() of the error failed: {type(exc).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception as exc:
+        text = f"<the traceback could not be formatted: {type(exc).__name__}>"
+    return clip(message, MESSAGE_LIMIT), clip(text, TRACEBACK_LIMIT)
 
 
 @dataclass(slots=True)
@@ -75,7 +101,7 @@ def history_entry(attempt: int, outcome: Outcome, started_at: float) -> dict[str
         "ended_at": wall_time(),
     }
     if outcome.error is not None:
-        entry["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
+        entry["error"] = clip(f"{type(outcome.error).__name__}: {describe_error(outcome.error)[0]}", ENTRY_LIMIT)
     return entry
 
 
@@ -99,17 +125,18 @@ def with_history(env: Envelope, entry: dict[str, Any]) -> Envelope:
 def dead_letter_info(
     outcome: Outcome, attempts: int, task: str | None, history: Sequence[dict[str, Any]]
 ) -> DeadLetterInfo:
-    """What a dead letter keeps of the failure."""
+    """What a dead letter keeps of the failure: every text bounded (see :func:`clip`), the last history entries."""
     error = outcome.error
+    message, text = describe_error(error) if error is not None else ("", "")
     return DeadLetterInfo(
         reason=outcome.reason,
-        error_type=type(error).__name__ if error is not None else "",
-        error_message=str(error) if error is not None else "",
-        traceback="".join(traceback.format_exception(error)) if error is not None else "",
+        error_type=clip(type(error).__name__, TASK_LIMIT) if error is not None else "",
+        error_message=message,
+        traceback=text,
         attempts=attempts,
-        history=tuple(history),
+        history=tuple(history[-HISTORY_LIMIT:]),
         failed_at=wall_time(),
-        task=task,
+        task=clip(task, TASK_LIMIT) if task is not None else None,
     )
 
 

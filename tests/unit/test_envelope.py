@@ -319,3 +319,9 @@ def test_plain_envelopes_read_back_equal() -> None:
             task="t", timeout=3.0, not_before=1.5, key="k", headers={"traceparent": "x"}, extra={"max_attempts": 2}
         )
     )
+
+
+@pytest.mark.parametrize("version", ["1.0", "true", '"1"', "1e0"])
+def test_a_version_that_is_not_the_integer_1_is_refused(version: str) -> None:
+    with pytest.raises(EnvelopeError, match="unsupported envelope version"):
+        decode(f'{{"v":{version},"id":"a","task":"t"}}'.encode())
