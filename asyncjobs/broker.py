@@ -277,6 +277,22 @@ def _memory_factory(url: str) -> Broker:
 _BUILTIN: dict[str, BrokerFactory] = {"memory": _memory_factory}
 
 
+def safe_url(url: str) -> str:
+    """``url`` fit to show: its password replaced by ``***`` (anything that does not parse is shown as ``<url>``)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    except ValueError:
+        return "<url>"
+
+
 def scheme_of(url: str) -> str:
     """The scheme of a broker URL, or :class:`BrokerURLError` when it has none."""
     if not isinstance(url, str) or "://" not in url:

@@ -87,7 +87,9 @@ def main(log_level: str) -> None:
 @main.command()
 @click.argument("app_target", metavar="MODULE:APP")
 @click.option("--broker", "broker_url", envvar=BROKER_URL_ENV, help="Broker URL (default: the app's, else memory://).")
-@click.option("-q", "--queue", "queues", multiple=True, help="Queue to consume (repeatable). Default: default.")
+@click.option(
+    "-q", "--queue", "queues", multiple=True, help="Queue to consume (repeatable). Default: the queues of the app's tasks."
+)
 @click.option("-c", "--concurrency", default=10, show_default=True, help="Jobs running at once.")
 @click.option("--prefetch", type=int, default=None, help="Leases held at once (default: 2 x concurrency).")
 @click.option("--lease", "lease_seconds", default=30.0, show_default=True, help="Lease length in seconds.")
@@ -125,7 +127,7 @@ def worker(
         app.use_broker(broker_url)
     try:
         config = WorkerConfig(
-            queues=queues or ("default",),
+            queues=queues or task_queues(app),
             concurrency=concurrency,
             prefetch=prefetch,
             lease_seconds=lease_seconds,
@@ -148,6 +150,11 @@ def worker(
             await Worker(app, config).run()
 
     run(serve)
+
+
+def task_queues(app: App) -> tuple[str, ...]:
+    """The queues the app's tasks are enqueued to, in name order (``default`` when it has none)."""
+    return tuple(sorted({spec.options.queue for spec in app.tasks.values()})) or ("default",)
 
 
 @main.group()

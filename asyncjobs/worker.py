@@ -16,7 +16,7 @@ import anyio.abc
 
 from asyncjobs.app import App
 from asyncjobs.attempt import Attempt
-from asyncjobs.broker import Broker, Consumer, Delivery
+from asyncjobs.broker import Broker, Consumer, Delivery, safe_url
 from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
 from asyncjobs.envelope import decode
@@ -156,14 +156,24 @@ class Worker:
                     for _ in range(self.config.concurrency):
                         runners.start_soon(self._runner, settler)
                     self.ready.set()
-                    log.info(
-                        "worker started: queues=%s concurrency=%d",
-                        ",".join(self.config.queues),
-                        self.config.concurrency,
-                    )
+                    self._log_start()
                     await self._fetch_loop(consumer, keeper, settler)
             finally:
                 settler.acks.close()  # the batcher sends what is pending, waits for the answer, returns
+
+    def _log_start(self) -> None:
+        config = self.config
+        log.info(
+            "worker started: broker=%s queues=%s concurrency=%d prefetch=%d lease=%gs heartbeat=%s drain=%gs tasks=%s",
+            safe_url(self.app.broker_url),
+            ",".join(config.queues),
+            config.concurrency,
+            config.leases_held,
+            config.lease_seconds,
+            f"{config.heartbeat:g}s" if config.heartbeat > 0 else "off",
+            config.drain_seconds,
+            ",".join(sorted(self.app.tasks)) or "none",
+        )
 
     def _free(self, attempts: Sequence[Attempt]) -> None:
         """Lease slots are free again (their jobs were settled, given back or lost)."""

@@ -57,3 +57,36 @@ def test_handlers_must_be_async() -> None:
     app = App("memory://config-test")
     with pytest.raises(ConfigError, match="async def"):
         app.task(lambda: None)  # type: ignore[arg-type]
+
+
+def test_a_worker_serves_the_queues_of_its_tasks_by_default() -> None:
+    from asyncjobs import App
+    from asyncjobs.cli import task_queues
+
+    app = App("memory://queues-default")
+    assert task_queues(app) == ("default",)
+
+    @app.task(queue="email")
+    async def send() -> None: ...
+
+    @app.task(queue="billing")
+    async def charge() -> None: ...
+
+    assert task_queues(app) == ("billing", "email")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:6394/0?prefix=x", "redis://:***@127.0.0.1:6394/0?prefix=x"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        ("amqp://[::1]:5672/", "amqp://[::1]:5672/"),
+        ("redis://u:p@[::1]:1/0", "redis://u:***@[::1]:1/0"),
+        ("memory://", "memory://"),
+        ("redis://:pw@host:notaport/0", "<url>"),
+    ],
+)
+def test_a_url_is_never_shown_with_its_password(url: str, shown: str) -> None:
+    from asyncjobs.broker import safe_url
+
+    assert safe_url(url) == shown
