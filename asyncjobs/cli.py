@@ -19,6 +19,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from asyncjobs.app import BROKER_URL_ENV, DEFAULT_BROKER_URL, App
 from asyncjobs.broker import Broker, from_url
@@ -176,8 +177,25 @@ def _filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--error", "error_type", default=None, help="Only this error class name.")(fn)
 
 
+def literal(value: str) -> Text:
+    """``value`` as plain text for the terminal: no markup read, control characters and lone surrogates escaped."""
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch.isprintable() and not 0xD800 <= code <= 0xDFFF:
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return Text("".join(out))
+
+
 def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+    try:
+        return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+    except (ValueError, OverflowError, OSError):
+        return repr(ts)
 
 
 @dead.command("list")
@@ -193,15 +211,22 @@ def dead_list(queue: str, broker_url: str | None, app_target: str | None, limit:
             letters = await broker.list_dead(queue, limit=limit)
         finally:
             await broker.close()
-        table = Table(title=f"dead letters of {queue!r} ({len(letters)} shown)")
-        for column in ("id", "task", "reason", "error", "attempts", "failed at (UTC)"):
-            table.add_column(column)
+        if not console.is_terminal:  # a pipe or a file: one tab-separated line per letter, ids whole
+            click.echo("id\ttask\treason\terror\tattempts\tfailed_at_utc")
+            for d in letters:
+                cells = (d.id, d.info.task or "?", d.info.reason, d.info.error_type, str(d.info.attempts))
+                click.echo("\t".join([*(literal(c).plain for c in cells), _when(d.info.failed_at)]))
+            return
+        table = Table(title=literal(f"dead letters of {queue!r} ({len(letters)} shown)"))
+        table.add_column("id", overflow="fold", no_wrap=False, min_width=32)
+        for column in ("task", "reason", "error", "attempts", "failed at (UTC)"):
+            table.add_column(column, overflow="fold")
         for d in letters:
             table.add_row(
-                d.id,
-                d.info.task or "?",
-                d.info.reason,
-                d.info.error_type,
+                literal(d.id),
+                literal(d.info.task or "?"),
+                literal(d.info.reason),
+                literal(d.info.error_type),
                 str(d.info.attempts),
                 _when(d.info.failed_at),
             )
@@ -227,9 +252,12 @@ def dead_show(dead_id: str, queue: str, broker_url: str | None, app_target: str 
             raise click.ClickException(f"no dead letter {dead_id!r} in queue {queue!r}")
         try:
             envelope: Any = json.loads(letter.body)
-        except ValueError:
+            json.dumps(envelope)  # it must also be shown again (a very deep body parses but may not print)
+        except (ValueError, RecursionError):
             envelope = repr(letter.body)
-        console.print_json(data={"id": letter.id, "queue": letter.queue, "envelope": envelope, **letter.info.to_json()})
+        doc = {"id": letter.id, "queue": letter.queue, "envelope": envelope, **letter.info.to_json()}
+        # ensure_ascii: control characters, escapes and lone surrogates are shown as \u escapes, never sent raw
+        click.echo(json.dumps(doc, ensure_ascii=True, indent=2, default=repr))
 
     run(go)
 
@@ -259,14 +287,20 @@ def dead_replay(
     """Enqueue dead letters again as first attempts (by id, by filter, or --all)."""
     broker, where = make_broker(broker_url, app_target), _where(ids, everything, task, reason, error_type)
 
+    failures: list[tuple[str, str]] = []
+
     async def go() -> int:
         await broker.connect()
         try:
-            return await replay(broker, queue, where)
+            return await replay(broker, queue, where, failures)
         finally:
             await broker.close()
 
     click.echo(f"replayed {run(go)} dead letters of {queue!r}")
+    for dead_id, why in failures:
+        click.echo(f"could not replay {dead_id!r}: {why}".encode("ascii", "backslashreplace").decode(), err=True)
+    if failures:
+        raise SystemExit(1)
 
 
 @dead.command("purge")

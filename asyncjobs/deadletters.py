@@ -36,10 +36,10 @@ def replay_body(dead: DeadLetter) -> bytes:
     """The body to enqueue again: a fresh first attempt, history kept; undecodable bodies as they are."""
     try:
         env = decode(dead.body)
-    except EnvelopeError:
-        return dead.body
-    history = [*prior_history(env), {"replayed_at": wall_time(), "dead_reason": dead.info.reason}]
-    return replace(env, attempt=1, not_before=None, extra={**env.extra, "history": history}).encode()
+        history = [*prior_history(env), {"replayed_at": wall_time(), "dead_reason": dead.info.reason}]
+        return replace(env, attempt=1, not_before=None, extra={**env.extra, "history": history}).encode()
+    except (EnvelopeError, ValueError, OverflowError, RecursionError, TypeError):
+        return dead.body  # as it came: the worker dead-letters it again with the reason
 
 
 async def select(broker: Broker, queue: str, where: DeadFilter, limit: int = 10_000) -> list[DeadLetter]:
@@ -50,11 +50,22 @@ async def select(broker: Broker, queue: str, where: DeadFilter, limit: int = 10_
     return [d for d in await broker.list_dead(queue, limit=limit) if where.matches(d)]
 
 
-async def replay(broker: Broker, queue: str, where: DeadFilter) -> int:
-    """Put matching dead letters back to ready as first attempts; how many were replayed."""
+async def replay(
+    broker: Broker, queue: str, where: DeadFilter, failures: list[tuple[str, str]] | None = None
+) -> int:
+    """Put matching dead letters back to ready as first attempts; how many were replayed.
+
+    One dead letter that cannot be replayed does not stop the others: ``(id, why)`` of each is
+    appended to ``failures`` (when given).
+    """
     count = 0
     for dead in await select(broker, queue, where):
-        count += await broker.replay_dead(queue, dead.id, replay_body(dead))
+        try:
+            count += await broker.replay_dead(queue, dead.id, replay_body(dead))
+        except Exception as exc:
+            if failures is None:
+                raise
+            failures.append((dead.id, f"{type(exc).__name__}: {exc}"))
     return count
 
 
