@@ -82,7 +82,9 @@ def _from_url(url: str) -> Broker:
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def main(log_level: str) -> None:
     """asyncjobs: run workers and inspect queues."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(LiteralFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
 
 
 @main.command()
@@ -189,6 +191,15 @@ def literal(value: str) -> Text:
         else:
             out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
     return Text("".join(out))
+
+
+class LiteralFormatter(logging.Formatter):
+    """Log lines with every control character but the newline escaped: a job id, task name or error
+    message from a foreign producer cannot send escape sequences to the operator's terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted record, made literal."""
+        return "\n".join(literal(line).plain for line in super().format(record).split("\n"))
 
 
 def _when(ts: float) -> str:

@@ -65,3 +65,14 @@ def test_dead_replay_all_handles_every_letter_and_reports_what_it_did() -> None:
     assert result.exit_code == 0, result.output
     assert "replayed 4 dead letters" in result.output
     assert anyio.run(broker.stats, "q").ready == 4
+
+
+def test_log_lines_escape_control_characters_from_messages() -> None:
+    import logging
+
+    from asyncjobs.cli import LiteralFormatter
+
+    record = logging.LogRecord("asyncjobs", logging.ERROR, __file__, 1, "job %s failed", (HOSTILE_ID,), None)
+    line = LiteralFormatter("%(message)s").format(record)
+    assert "\x1b" not in line
+    assert "\\x1b]8;;http://evil" in line
