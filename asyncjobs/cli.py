@@ -79,7 +79,14 @@ def _from_url(url: str) -> Broker:
 
 
 @click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+@click.version_option(package_name="asyncjobs", prog_name="asyncjobs")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Logging level.",
+)
 def main(log_level: str) -> None:
     """asyncjobs: run workers and inspect queues."""
     handler = logging.StreamHandler()
@@ -110,7 +117,10 @@ def main(log_level: str) -> None:
     "--stall", "stall_seconds", default=0.5, show_default=True, help="Report event-loop stalls longer than this."
 )
 @click.option(
-    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (needs asyncjobs[otel])."
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (needs asyncjobs[otel]).",
 )
 def worker(
     app_target: str,

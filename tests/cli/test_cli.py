@@ -36,6 +36,8 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
         (["worker", "tests.cli.sample_app:app", "--lease", "10", "--heartbeat", "0"], "heartbeats are off"),
         (["worker", "tests.cli.sample_app:app", "-c", "0"], "concurrency must be >= 1"),
         (["dead", "replay", "--broker", "memory://"], "name dead-letter ids"),
+        (["worker", "tests.cli.sample_app:app", "--metrics-port", "70000"], "70000 is not in the range"),
+        (["--log-level", "verbose", "stats"], "'verbose' is not one of"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_reason(args: list[str], message: str) -> None:
@@ -138,3 +140,9 @@ def test_size_refuses_an_unknown_task() -> None:
     done = cli("size", "tests.cli.sample_app:app", "nope", "--durations", "README.md")
     assert done.returncode != 0
     assert "no task named 'nope'" in done.stderr
+
+
+def test_version_is_printed() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("asyncjobs, version ")
