@@ -175,8 +175,11 @@ class App:
         )
 
         def register(handler: Callable[P, Awaitable[R]]) -> Task[P, R]:
-            if not inspect.iscoroutinefunction(handler):
-                raise ConfigError(f"task {getattr(handler, '__name__', handler)!r} must be an 'async def' function")
+            if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(inspect.unwrap(handler))):
+                raise ConfigError(
+                    f"task {getattr(handler, '__name__', handler)!r} must be an 'async def' function "
+                    "(run blocking code inside one with asyncjobs.run_sync)"
+                )
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not handler:
                 raise ConfigError(f"a different task is already registered as {task_name!r}; pass name=...")

@@ -42,6 +42,8 @@ def load_app(target: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.ClickException(f"cannot import module {module_name!r}: {exc}") from None
+    except AsyncJobsError as exc:  # a task or setting the app module declares is refused
+        raise click.ClickException(f"{module_name}: {exc}") from None
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise click.ClickException(f"{target!r} is not an asyncjobs.App (found {type(app).__name__})")

@@ -50,3 +50,25 @@ def test_check_arguments_accepts_exactly_what_binds(signature: str, kwargs: dict
         except TypeError:
             accepted = False
         assert accepted == binds(spec, args, kwargs), (signature, args, kwargs)
+
+
+def test_an_async_handler_behind_functools_wraps_is_accepted_and_a_sync_one_refused() -> None:
+    import functools
+
+    from asyncjobs import App, ConfigError
+
+    app = App("memory://wraps")
+
+    async def real(x: int) -> int:
+        return x
+
+    @functools.wraps(real)
+    def wrapper(x: int) -> object:
+        return real(x)
+
+    assert app.task(name="wrapped")(wrapper).name == "wrapped"  # type: ignore[arg-type]
+
+    def blocking() -> None: ...
+
+    with pytest.raises(ConfigError, match="must be an 'async def' function"):
+        app.task(blocking)  # type: ignore[arg-type]
