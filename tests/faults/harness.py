@@ -186,6 +186,19 @@ class LedgerDB:
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
+    async def finished(self) -> int:
+        """How many keys have a finished execution."""
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
+            cur = await conn.execute(f'SELECT count(DISTINCT job_key) FROM "{self.ledger}" WHERE ended IS NOT NULL')  # type: ignore[arg-type]
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def wait_finished(self, n: int, within: float) -> int:
+        deadline = time.monotonic() + within
+        while (got := await self.finished()) < n and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+        return got
+
     async def rows(self) -> list[Row]:
         async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
             cur = await conn.execute(
