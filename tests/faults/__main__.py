@@ -37,15 +37,39 @@ def main() -> int:
             reports.append(report)
             console.print(report.as_dict())
     table = Table(title="asyncjobs fault suite" + (" (long)" if args.long else ""))
-    for col in ("scenario", "broker", "enqueued", "done", "dead", "lost", "executions", "dups", "excused", "max runs", "side effects/key", "exit s (max)", "recovery s (max)", "s"):
+    for col in (
+        "scenario",
+        "broker",
+        "enqueued",
+        "done",
+        "dead",
+        "lost",
+        "executions",
+        "dups",
+        "excused",
+        "max runs",
+        "side effects/key",
+        "exit s (max)",
+        "recovery s (max)",
+        "s",
+    ):
         table.add_column(col)
     for r in reports:
         table.add_row(
-            r.scenario, r.broker, str(r.enqueued), str(r.done), str(r.dead),
-            ("[red]" if r.lost else "") + str(r.lost), str(r.executions), str(r.duplicates), str(r.allowed_duplicates),
-            str(r.max_runs), str(r.side_effects_per_key or "-"),
+            r.scenario,
+            r.broker,
+            str(r.enqueued),
+            str(r.done),
+            str(r.dead),
+            ("[red]" if r.lost else "") + str(r.lost),
+            str(r.executions),
+            str(r.duplicates),
+            str(r.allowed_duplicates),
+            str(r.max_runs),
+            str(r.side_effects_per_key or "-"),
             f"{max(r.exit_seconds):.2f}" if r.exit_seconds else "-",
-            f"{max(r.recovery_seconds):.2f}" if r.recovery_seconds else "-", f"{r.seconds}",
+            f"{max(r.recovery_seconds):.2f}" if r.recovery_seconds else "-",
+            f"{r.seconds}",
         )
     console.print(table)
     Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2, default=str))

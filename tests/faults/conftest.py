@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from tests.faults.harness import Report
 from tests.harness import require_server

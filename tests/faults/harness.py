@@ -95,7 +95,7 @@ class Proc:
     async def ready(self, within: float = 20.0) -> None:
         """Wait until the worker logged that it started (its consumer is up)."""
         with anyio.fail_after(within):
-            while "worker started" not in self.text():  # noqa: ASYNC110 - another process's log
+            while "worker started" not in self.text():
                 if not self.alive():
                     raise AssertionError(f"worker {self.pid} exited {self.popen.returncode}:\n{self.text()[-3000:]}")
                 await anyio.sleep(0.05)
@@ -195,7 +195,7 @@ class LedgerDB:
 
     async def wait_finished(self, n: int, within: float) -> int:
         deadline = time.monotonic() + within
-        while (got := await self.finished()) < n and time.monotonic() < deadline:
+        while (got := await self.finished()) < n and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the ledger
             await anyio.sleep(0.1)
         return got
 
@@ -213,7 +213,9 @@ class LedgerDB:
 
 
 @asynccontextmanager
-async def scenario_env(kind: str, name: str, workdir: Path, base: str | None = None, **query: Any) -> AsyncIterator[tuple[Any, LedgerDB, Fleet]]:
+async def scenario_env(
+    kind: str, name: str, workdir: Path, base: str | None = None, **query: Any
+) -> AsyncIterator[tuple[Any, LedgerDB, Fleet]]:
     """A namespace, a ledger, a producer app (connected) and a fleet; all cleaned up afterwards."""
     sys.path.insert(0, str(HERE))
     import ledger_app
@@ -241,7 +243,9 @@ async def scenario_env(kind: str, name: str, workdir: Path, base: str | None = N
         await db.drop()
 
 
-async def enqueue(producer: Any, task: str, calls: list[tuple[Any, ...]], keyed: bool = False, chunk: int = 500) -> list[str]:
+async def enqueue(
+    producer: Any, task: str, calls: list[tuple[Any, ...]], keyed: bool = False, chunk: int = 500
+) -> list[str]:
     """Enqueue ``task`` once per argument tuple (first argument: the job key); the job ids."""
     spec = producer.tasks[task]
     from asyncjobs.task import Task
@@ -270,7 +274,7 @@ async def drained(producer: Any, within: float, queue: str = "default") -> Any:
 
 async def wait_rows(db: LedgerDB, at_least: int, within: float) -> int:
     deadline = time.monotonic() + within
-    while (n := await db.count()) < at_least and time.monotonic() < deadline:
+    while (n := await db.count()) < at_least and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the ledger
         await anyio.sleep(0.05)
     return n
 
@@ -316,8 +320,12 @@ def tally(report: Report, keys: set[str], rows: list[Row], dead_keys: set[str]) 
     report.max_runs = max((len(per[k]) for k in keys), default=0)
     for k in sorted(k for k in keys if len(per[k]) > 1)[:5]:
         report.samples.append(
-            f"{k}: " + "; ".join(f"pid {r.pid} attempt {r.attempt} dc {r.delivery_count} at {r.started:.3f}"
-                                 f"{'' if r.ended else ' (unfinished)'}" for r in per[k])
+            f"{k}: "
+            + "; ".join(
+                f"pid {r.pid} attempt {r.attempt} dc {r.delivery_count} at {r.started:.3f}"
+                f"{'' if r.ended else ' (unfinished)'}"
+                for r in per[k]
+            )
         )
     return per
 

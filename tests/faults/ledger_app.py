@@ -87,8 +87,16 @@ class Ledger:
             cur = await conn.execute(
                 f'INSERT INTO "{LEDGER}" (job_key, job_id, task, attempt, delivery_count, pid, started, ended) '
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING n",
-                (key, job.envelope.id, job.envelope.task, job.attempt, job.delivery.delivery_count, PID, now,
-                 now if ended else None),
+                (
+                    key,
+                    job.envelope.id,
+                    job.envelope.task,
+                    job.attempt,
+                    job.delivery.delivery_count,
+                    PID,
+                    now,
+                    now if ended else None,
+                ),
             )
             row = await cur.fetchone()
             return int(row[0])

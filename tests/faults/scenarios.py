@@ -15,6 +15,8 @@ import anyio
 
 from tests.faults.harness import (
     AMQP_URL as AMQP_BASE,
+)
+from tests.faults.harness import (
     Report,
     drained,
     enqueue,
@@ -67,7 +69,7 @@ async def sigterm_under_load(broker: str, workdir: Path, long: bool) -> Report:
             before = await db.count()
             target = before + random.randint(per_round // 4, per_round)
             deadline = time.monotonic() + 60
-            while await db.count() < target and time.monotonic() < deadline and proc.alive():
+            while await db.count() < target and time.monotonic() < deadline and proc.alive():  # noqa: ASYNC110
                 await anyio.sleep(0.01)
             double = i == rounds - 1
             proc.signal(signal.SIGTERM)
@@ -82,7 +84,9 @@ async def sigterm_under_load(broker: str, workdir: Path, long: bool) -> Report:
             (double_exit if double else report.exit_seconds).append(round(took, 2))
             statuses.append(proc.popen.returncode)
             if proc.popen.returncode != 0:
-                report.notes.append(f"round {i}{' (double SIGTERM)' if double else ''}: exit status {proc.popen.returncode}")
+                report.notes.append(
+                    f"round {i}{' (double SIGTERM)' if double else ''}: exit status {proc.popen.returncode}"
+                )
         last = fleet.spawn("-c", "20", "--drain", str(drain), "--lease", "10")
         await last.ready()
         await wait_rows(db, total, 120)
@@ -94,9 +98,14 @@ async def sigterm_under_load(broker: str, workdir: Path, long: bool) -> Report:
         tally(report, set(keys), rows, await dead_keys(producer, id_key))
         report.notes.append(f"double SIGTERM exit seconds: {double_exit}")
         report.notes.append(f"queue at the end: {stats}")
-        report.extra = {"double_exit": double_exit, "drain": drain, "statuses": statuses,
-                        "released": sum(stat(stats_line(p), "released") for p in fleet.procs), "pids": [p.pid for p in fleet.procs],
-                        "signals": {p.pid: [(n, round(t - began, 3)) for n, t in p.signalled] for p in fleet.procs}}
+        report.extra = {
+            "double_exit": double_exit,
+            "drain": drain,
+            "statuses": statuses,
+            "released": sum(stat(stats_line(p), "released") for p in fleet.procs),
+            "pids": [p.pid for p in fleet.procs],
+            "signals": {p.pid: [(n, round(t - began, 3)) for n, t in p.signalled] for p in fleet.procs},
+        }
     report.seconds = round(time.monotonic() - began, 1)
     return report
 
@@ -178,8 +187,11 @@ async def kill9_storm(broker: str, workdir: Path, long: bool) -> Report:
         for k in charges:
             counts[side.get(k, 0)] = counts.get(side.get(k, 0), 0) + 1
         report.side_effects_per_key = counts
-        report.extra = {"kills": len(killed), "charge_keys": charge_n,
-                        "in_flight_at_kill": len(report.recovery_seconds)}
+        report.extra = {
+            "kills": len(killed),
+            "charge_keys": charge_n,
+            "in_flight_at_kill": len(report.recovery_seconds),
+        }
     report.seconds = round(time.monotonic() - began, 1)
     return report
 
@@ -318,10 +330,14 @@ async def paused_worker(broker: str, workdir: Path, long: bool) -> Report:
         a_rows = [r for r in rows if r.pid == a.pid]
         a_before = sum(1 for r in a_rows if r.ended is not None and r.ended < stopped_at)
         a_line, b_line = stats_line(a), stats_line(b)
-        report.allowed_duplicates = report.duplicates if all(
-            any(r.pid == a.pid for r in per[k]) for k in per if len(per[k]) > 1) else 0
-        report.recovery_seconds = [round(min(r.started for r in per[k] if r.pid == b.pid) - stopped_at, 2)
-                                   for k in long_keys if any(r.pid == b.pid for r in per[k])]
+        report.allowed_duplicates = (
+            report.duplicates if all(any(r.pid == a.pid for r in per[k]) for k in per if len(per[k]) > 1) else 0
+        )
+        report.recovery_seconds = [
+            round(min(r.started for r in per[k] if r.pid == b.pid) - stopped_at, 2)
+            for k in long_keys
+            if any(r.pid == b.pid for r in per[k])
+        ]
         report.extra = {
             "a_stats": a_line,
             "b_stats": b_line,
@@ -391,7 +407,9 @@ async def broker_faults(broker: str, workdir: Path, long: bool) -> Report:
                 report.recovery_seconds.append(round(min(later) - at, 2) if later else float("inf"))
             report.extra["stats"] = [stats_line(p) for p in fleet.procs]
             report.extra["lease_lost"] = sum(stat(stats_line(p), "lease lost") for p in fleet.procs)
-            report.allowed_duplicates = min(report.duplicates, report.extra["lease_lost"])
+            report.allowed_duplicates = min(
+                report.duplicates, report.extra["lease_lost"]
+            )  # a cut or restart loses leases
     report.seconds = round(time.monotonic() - began, 1)
     return report
 

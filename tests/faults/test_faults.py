@@ -23,17 +23,18 @@ BROKERS = [
 ]
 
 AMQP_GIVE_BACK_DUPLICATES = (
-    "RUNTIME BUG (asyncjobs_rabbitmq consumer release/_republish): a SIGTERMed worker gives its unstarted "
-    "deliveries back by re-publishing a copy and then acking the original with basic_ack(wait=False) just "
-    "before the channel closes; the originals' acks are lost, so each given-back job exists twice: the "
-    "original comes back (attempt 2, delivery count 2) and the copy too (attempt 1): no-op jobs run twice "
-    "after a clean SIGTERM (~7 of ~15 given back per stop)"
+    "RUNTIME BUG (asyncjobs_rabbitmq, quorum queues, RabbitMQ 3.10.8): a clean SIGTERM gives unstarted "
+    "deliveries back by re-publishing a copy and acking the original (consumer.release/close -> _republish); "
+    "for some of them the original is requeued anyway, so the job exists twice: the original runs again "
+    "(attempt 2, delivery count 2) and later the copy (attempt 1). After one SIGTERM the queue holds ~7 "
+    "messages more than jobs left (2 of 3 stops); classic queues: none seen"
 )
-AMQP_PAUSED_ACK = (
-    "RUNTIME BUG (asyncjobs_rabbitmq consumer ack): a worker resumed after SIGSTOP, whose connection the "
-    "server already closed (missed heartbeats) and whose deliveries ran elsewhere, counts their acks as "
-    "'done': basic_ack(wait=False) on a connection not yet seen as closed reports success, so the worker "
-    "claims acks for leases it lost (stats 'done 2, lease lost 2' instead of 'lease lost 4')"
+AMQP_ACK_ON_DEAD_CONNECTION = (
+    "RUNTIME BUG, intermittent (a race, so not strict): asyncjobs_rabbitmq acks with basic_ack(wait=False) "
+    "and reports success while the client has not yet seen that the server closed (heartbeat timeout after "
+    "SIGSTOP) or lost (TCP cut) the connection: the worker counts 'done' for jobs it no longer held, which "
+    "ran again elsewhere (paused worker: 'done 2, lease lost 2' for 4 lost leases, 1 run of 2; cut: 22 "
+    "duplicates for 21 reported lease losses, 1 run of 2)"
 )
 
 
@@ -49,7 +50,9 @@ def unexcused(r: Report) -> int:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_sigterm_under_load_exits_in_time_and_loses_nothing(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_sigterm_under_load_exits_in_time_and_loses_nothing(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     r = report("sigterm", broker, tmp_path_factory)
     drain = r.extra["drain"]
     assert r.lost == 0, r.as_dict()
@@ -86,7 +89,9 @@ def test_noop_jobs_never_run_twice_after_clean_sigterms(broker: str, tmp_path_fa
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_kill9_storm_loses_nothing_and_duplicates_only_killed_jobs(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_kill9_storm_loses_nothing_and_duplicates_only_killed_jobs(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     r = report("kill9", broker, tmp_path_factory)
     assert r.lost == 0, r.as_dict()
     assert r.dead == 0
@@ -97,7 +102,9 @@ def test_kill9_storm_loses_nothing_and_duplicates_only_killed_jobs(broker: str, 
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_kill9_storm_commits_each_dedupe_side_effect_exactly_once(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_kill9_storm_commits_each_dedupe_side_effect_exactly_once(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     r = report("kill9", broker, tmp_path_factory)
     assert r.side_effects_per_key == {1: r.extra["charge_keys"]}, r.side_effects_per_key
 
@@ -106,7 +113,9 @@ def test_kill9_storm_commits_each_dedupe_side_effect_exactly_once(broker: str, t
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_rolling_deploy_no_duplicates_and_every_exit_in_time(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_rolling_deploy_no_duplicates_and_every_exit_in_time(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     r = report("rolling", broker, tmp_path_factory)
     assert r.lost == 0, r.as_dict()
     assert r.duplicates == 0, r.samples
@@ -145,7 +154,9 @@ def test_paused_worker_jobs_run_elsewhere(broker: str, tmp_path_factory: pytest.
     [
         pytest.param("redis", marks=pytest.mark.redis, id="redis"),
         pytest.param(
-            "amqp", marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=True, reason=AMQP_PAUSED_ACK)], id="amqp"
+            "amqp",
+            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_ACK_ON_DEAD_CONNECTION)],
+            id="amqp",
         ),
     ],
 )
@@ -159,9 +170,30 @@ def test_resumed_worker_acks_none_whose_lease_it_lost(broker: str, tmp_path_fact
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_workers_recover_from_broker_faults_and_lose_nothing(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_workers_recover_from_broker_faults_and_lose_nothing(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     r = report("faults", broker, tmp_path_factory)
     assert r.lost == 0, r.as_dict()
     assert r.extra["alive_after_faults"] == 2, "the workers survived the faults"
     assert len(r.recovery_seconds) == 2 and max(r.recovery_seconds) <= 15, r.recovery_seconds
-    assert unexcused(r) == 0, f"duplicates beyond the lease losses the workers reported: {r.samples}"
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+        pytest.param(
+            "amqp",
+            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_ACK_ON_DEAD_CONNECTION)],
+            id="amqp",
+        ),
+    ],
+)
+def test_every_duplicate_after_broker_faults_is_a_reported_lease_loss(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    r = report("faults", broker, tmp_path_factory)
+    assert r.duplicates <= r.extra["lease_lost"], (
+        f"{r.duplicates} duplicates, {r.extra['lease_lost']} reported: {r.samples}"
+    )
