@@ -1,0 +1,28 @@
+"""Fixtures of the fault suite: each scenario runs once per broker and module; several tests read its report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tests.faults.harness import Report
+from tests.harness import require_server
+
+_cache: dict[tuple[str, str], Report] = {}
+LONG = os.environ.get("AJ_FAULTS_LONG", "") == "1"
+
+
+def run_scenario(name: str, broker: str, factory: Any) -> Report:
+    """The report of scenario ``name`` on ``broker`` (run on first use, then shared by the module's tests)."""
+    require_server("postgres")
+    require_server("redis" if broker == "redis" else "rabbitmq")
+    if (name, broker) not in _cache:
+        from tests.faults.scenarios import SCENARIOS
+
+        workdir = Path(factory.mktemp(f"{name}-{broker}"))
+        _cache[name, broker] = anyio.run(SCENARIOS[name], broker, workdir, LONG)
+        print(f"\n{name}/{broker}: {_cache[name, broker].as_dict()}")  # shown with -s / on failure
+    return _cache[name, broker]
