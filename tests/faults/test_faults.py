@@ -26,7 +26,7 @@ AMQP_GIVE_BACK_DUPLICATES = (
     "RUNTIME BUG (asyncjobs_rabbitmq, quorum queues, RabbitMQ 3.10.8): a clean SIGTERM gives unstarted "
     "deliveries back by re-publishing a copy and acking the original (consumer.release/close -> _republish); "
     "for some of them the original is requeued anyway, so the job exists twice: the original runs again "
-    "(attempt 2, delivery count 2) and later the copy (attempt 1). After one SIGTERM the queue holds ~7 "
+    "(attempt 2, delivery count 2) and later the copy (attempt 1); intermittent, so not strict. After one SIGTERM the queue holds ~7 "
     "messages more than jobs left (2 of 3 stops); classic queues: none seen"
 )
 AMQP_ACK_ON_DEAD_CONNECTION = (
@@ -74,7 +74,7 @@ def test_second_sigterm_stops_within_two_seconds(broker: str, tmp_path_factory: 
         pytest.param("redis", marks=pytest.mark.redis, id="redis"),
         pytest.param(
             "amqp",
-            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=True, reason=AMQP_GIVE_BACK_DUPLICATES)],
+            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_GIVE_BACK_DUPLICATES)],
             id="amqp",
         ),
     ],
