@@ -22,6 +22,7 @@ from asyncjobs.errors import (
     LeaseLost,
     PayloadTooLargeError,
     PermanentError,
+    QueueFullError,
     Retry,
     UnknownTaskError,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "OutgoingJob",
     "PayloadTooLargeError",
     "PermanentError",
+    "QueueFullError",
     "QueueStats",
     "Retry",
     "RetryPolicy",

@@ -27,6 +27,10 @@ class BrokerConnectionError(BrokerError, ConnectionError):
     """The broker could not be reached. Retryable."""
 
 
+class QueueFullError(BrokerError):
+    """The broker is at a configured bound (``memory://``'s ``max_jobs``/``max_bytes``); nothing was stored."""
+
+
 class EnvelopeError(AsyncJobsError):
     """A message is not a valid asyncjobs envelope. Permanent: the message is dead-lettered."""
 

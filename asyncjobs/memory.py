@@ -5,6 +5,12 @@ scheduled jobs, unique keys with a TTL and dead letters behave as on Redis, so a
 against this broker holds against the others. Jobs live in this process only: a crash loses
 them. ``memory://NAME`` gives a separate broker per name; the same URL in one process is the same
 broker, so an app's producer and worker share it.
+
+A memory broker is bounded, so a runaway producer gets an error instead of eating the process's
+memory: at most ``max_jobs`` jobs (ready, scheduled, in flight and dead letters together; default
+100,000) and ``max_bytes`` bytes of bodies (default 256 MiB). ``memory://?max_jobs=1000000&max_bytes=1073741824``
+raises them. An enqueue past either bound stores nothing of its batch and raises
+:class:`~asyncjobs.errors.QueueFullError`.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope, peek_id, reads_back_equal
+from asyncjobs.errors import BrokerURLError, QueueFullError
 
 _IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
 _LEASE_GARBAGE = 1024  # entries of settled leases tolerated beyond twice the live ones before a compaction
+MAX_JOBS = 100_000  # default bound on the jobs (and dead letters) one memory broker holds
+MAX_BYTES = 256 * 1024 * 1024  # default bound on the bytes of their bodies
 
 
 @dataclass(slots=True)
@@ -56,8 +65,13 @@ class MemoryBroker:
     supports_unique = True
     _instances: dict[str, MemoryBroker] = {}
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, max_jobs: int = MAX_JOBS, max_bytes: int = MAX_BYTES) -> None:
+        if max_jobs < 1 or max_bytes < 1:
+            raise BrokerURLError(f"memory:// needs max_jobs and max_bytes >= 1, got {max_jobs} and {max_bytes}")
         self.url = url
+        self.max_jobs, self.max_bytes = max_jobs, max_bytes
+        self._bytes = 0  # bytes of the bodies held: live jobs and dead letters
+        self._dead_count = 0
         self._jobs: dict[int, _Stored] = {}
         self._queues: dict[str, _Queue] = {}
         self._unique: dict[str, float] = {}  # unique key -> when it expires (monotonic)
@@ -70,11 +84,26 @@ class MemoryBroker:
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
-        """The process-wide broker for ``url`` (``memory://`` or ``memory://NAME``)."""
-        name = urlsplit(url).netloc or "default"
+        """The process-wide broker for ``url`` (``memory://`` or ``memory://NAME``, with ``?max_jobs=&max_bytes=``)."""
+        parts = urlsplit(url)
+        name = parts.netloc or "default"
+        limits = {"max_jobs": MAX_JOBS, "max_bytes": MAX_BYTES}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in limits:
+                raise BrokerURLError(f"memory:// has no option {key!r}; it takes max_jobs and max_bytes")
+            if not value.isdigit() or int(value) < 1:
+                raise BrokerURLError(f"memory:// option {key} must be a whole number >= 1, got {value!r}")
+            limits[key] = int(value)
+        if parts.path not in ("", "/"):
+            raise BrokerURLError(f"memory:// URL takes no path, got {parts.path!r}; name a broker with memory://NAME")
         broker = cls._instances.get(name)
         if broker is None:
-            broker = cls._instances[name] = cls(url)
+            broker = cls._instances[name] = cls(url, **limits)
+        elif parts.query and (broker.max_jobs, broker.max_bytes) != (limits["max_jobs"], limits["max_bytes"]):
+            raise BrokerURLError(
+                f"memory://{parts.netloc} already exists in this process with max_jobs={broker.max_jobs} "
+                f"max_bytes={broker.max_bytes}; one URL, one set of limits"
+            )
         return broker
 
     async def connect(self) -> None:
@@ -105,6 +134,7 @@ class MemoryBroker:
     ) -> None:
         seq = next(self._seq)
         now = monotonic()
+        self._bytes += len(body)
         stored = self._jobs[seq] = _Stored(queue, job_id, body, ready_since=now, envelope=env, unique_key=unique_key)
         q = self._queue(queue)
         delay = 0.0 if not_before is None else not_before - wall_time()
@@ -121,6 +151,7 @@ class MemoryBroker:
         is delivered with that envelope, so the worker does not parse bytes made in this process.
         """
         now = monotonic()
+        self._check_room(jobs)
         accepted: list[bool] = []
         for job in jobs:
             if job.unique_key is not None:
@@ -145,6 +176,18 @@ class MemoryBroker:
         self._notify()
         return accepted
 
+    def _check_room(self, jobs: Sequence[OutgoingJob]) -> None:
+        """Refuse the whole batch when it would take this broker past ``max_jobs`` or ``max_bytes``."""
+        held = len(self._jobs) + self._dead_count
+        size = self._bytes + sum(len(job.body) for job in jobs)
+        if held + len(jobs) > self.max_jobs or size > self.max_bytes:
+            raise QueueFullError(
+                f"memory:// is full: it holds {held} jobs and {self._bytes} bytes, and {len(jobs)} more "
+                f"would pass max_jobs={self.max_jobs} or max_bytes={self.max_bytes}; nothing of this batch was "
+                "stored. Run a worker on it, raise the limits (memory://?max_jobs=N&max_bytes=N), or use a "
+                "real broker"
+            )
+
     def _forget_expired_keys(self, now: float) -> None:
         """Drop unique keys whose TTL is over, so they do not pile up in memory."""
         heap, unique = self._unique_expiry, self._unique
@@ -160,6 +203,8 @@ class MemoryBroker:
         if dead_id in dead:  # the same job id dead again (replayed, or reused by a producer): keep both
             dead_id = f"{dead_id}.{next(self._dead_seq)}"
         dead[dead_id] = DeadLetter(dead_id, stored.queue, stored.body, info)
+        self._bytes += len(stored.body)
+        self._dead_count += 1
         if stored.unique_key is not None and self._unique.pop(stored.unique_key, None) is not None:
             self._unique_expiry = [entry for entry in self._unique_expiry if entry[1] != stored.unique_key]
             heapq.heapify(self._unique_expiry)
@@ -267,6 +312,7 @@ class MemoryBroker:
                     found[i] = None
                 else:
                     queues[stored.queue].in_flight -= 1
+                    self._bytes -= len(stored.body)
         return found
 
     async def stats(self, queue: str) -> QueueStats:
@@ -297,6 +343,7 @@ class MemoryBroker:
         dead = self._queue(queue).dead.pop(dead_id, None)
         if dead is None:
             return False
+        self._forget_dead([dead])
         self._store(queue, peek_id(body), body, None)
         self._notify()
         return True
@@ -305,10 +352,16 @@ class MemoryBroker:
         """Delete dead letters."""
         dead = self._queue(queue).dead
         if dead_ids is None:
-            count = len(dead)
+            gone = list(dead.values())
             dead.clear()
-            return count
-        return sum(dead.pop(i, None) is not None for i in dead_ids)
+        else:
+            gone = [d for i in dict.fromkeys(dead_ids) if (d := dead.pop(i, None)) is not None]
+        self._forget_dead(gone)
+        return len(gone)
+
+    def _forget_dead(self, gone: Sequence[DeadLetter]) -> None:
+        self._dead_count -= len(gone)
+        self._bytes -= sum(len(d.body) for d in gone)
 
 
 class MemoryConsumer:

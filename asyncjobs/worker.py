@@ -20,7 +20,14 @@ from asyncjobs.broker import Broker, Consumer, Delivery, safe_url
 from asyncjobs.clock import wall_time
 from asyncjobs.config import WorkerConfig
 from asyncjobs.envelope import decode
-from asyncjobs.errors import AsyncJobsError, BadOutcomeError, EnvelopeError, PermanentError, UnknownTaskError
+from asyncjobs.errors import (
+    AsyncJobsError,
+    BadOutcomeError,
+    EnvelopeError,
+    PayloadTooLargeError,
+    PermanentError,
+    UnknownTaskError,
+)
 from asyncjobs.job import Job, Outcome
 from asyncjobs.leases import LeaseKeeper, StallDetector
 from asyncjobs.middleware.chain import CallNext, Middleware, build_chain, not_an_outcome
@@ -337,11 +344,18 @@ class Worker:
     def _prepare(self, attempt: Attempt) -> Job | Outcome:
         """Decode a delivery into the :class:`Job` to run, or the outcome of a job that must not run.
 
-        Bad input (a body that does not decode, an unknown task) and a job whose deliveries have
-        used up its attempts are dead-lettered without reaching the middleware chain.
+        Bad input (a body over ``max_payload_bytes``, a body that does not decode, an unknown task)
+        and a job whose deliveries have used up its attempts are dead-lettered without reaching the
+        middleware chain.
         """
         delivery = attempt.delivery
         attempt.started = started = wall_time()
+        limit = self.app.max_payload_bytes
+        if len(delivery.body) > limit:  # a foreign producer's: ours check at enqueue
+            too_large = PayloadTooLargeError(
+                f"message of {len(delivery.body)} bytes is over this worker's max_payload_bytes={limit}; not run"
+            )
+            return Outcome("dead", "too_large", too_large)
         env = delivery.envelope  # the in-memory broker's: what decoding the body would give
         if env is None:
             try:

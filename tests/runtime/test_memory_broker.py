@@ -8,7 +8,8 @@ import anyio
 import pytest
 
 from asyncjobs.broker import DeadLetterInfo, OutgoingJob
-from asyncjobs.memory import MemoryBroker
+from asyncjobs.errors import BrokerURLError, QueueFullError
+from asyncjobs.memory import MAX_JOBS, MemoryBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -60,3 +61,56 @@ async def test_expired_unique_keys_do_not_stay_in_memory() -> None:
     await anyio.sleep(0.1)
     await broker.enqueue([outgoing("last", key="last", ttl=30)])
     assert len(broker._unique) == 1
+
+
+async def test_a_full_memory_broker_refuses_the_whole_batch_with_a_clear_error() -> None:
+    broker = MemoryBroker.from_url(f"memory://{uuid.uuid4().hex}?max_jobs=5")
+    consumer = await broker.consumer(["q"], prefetch=10, lease_seconds=30)
+    assert await broker.enqueue([outgoing(f"j{i}") for i in range(4)]) == [True] * 4
+    with pytest.raises(QueueFullError, match=r"max_jobs=5.*nothing of this batch was stored"):
+        await broker.enqueue([outgoing("x"), outgoing("y")])
+    assert (await broker.stats("q")).ready == 4, "a refused batch stores nothing"
+    assert await broker.enqueue([outgoing("j4")]) == [True]
+    # Dead letters count too; settling frees room, purging dead letters frees theirs.
+    first, *rest = await consumer.fetch(5, 0.5)
+    assert await consumer.dead_letter(first, info("bad"))
+    with pytest.raises(QueueFullError):
+        await broker.enqueue([outgoing("z")])
+    assert await consumer.ack(rest) == [True] * 4
+    assert await broker.enqueue([outgoing(f"k{i}") for i in range(4)]) == [True] * 4
+    with pytest.raises(QueueFullError):
+        await broker.enqueue([outgoing("z")])
+    assert await broker.purge_dead("q") == 1
+    assert await broker.enqueue([outgoing("z")]) == [True]
+
+
+async def test_a_memory_broker_bounds_the_bytes_it_holds() -> None:
+    broker = MemoryBroker.from_url(f"memory://{uuid.uuid4().hex}?max_bytes=1000")
+    body = b"x" * 400
+    assert await broker.enqueue([OutgoingJob("a", "q", body), OutgoingJob("b", "q", body)]) == [True, True]
+    with pytest.raises(QueueFullError, match="max_bytes=1000"):
+        await broker.enqueue([OutgoingJob("c", "q", body)])
+    consumer = await broker.consumer(["q"], prefetch=10, lease_seconds=30)
+    a, _b = await consumer.fetch(2, 0.5)
+    assert await consumer.retry(a, body, None), "a retry replaces its job: never refused"
+    assert await consumer.ack(await consumer.fetch(1, 0.5)) == [True]
+    assert await broker.enqueue([OutgoingJob("c", "q", body)]) == [True]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [("max_jobs=zero", "whole number"), ("max_job=5", "no option 'max_job'"), ("max_bytes=0", "whole number")],
+)
+def test_bad_memory_url_options_are_errors(query: str, message: str) -> None:
+    with pytest.raises(BrokerURLError, match=message):
+        MemoryBroker.from_url(f"memory://{uuid.uuid4().hex}?{query}")
+
+
+async def test_a_million_tiny_jobs_are_refused_by_default_long_before_memory_runs_out() -> None:
+    broker = MemoryBroker.from_url(f"memory://{uuid.uuid4().hex}")
+    batch = [outgoing(f"j{i}") for i in range(10_000)]
+    for _ in range(MAX_JOBS // len(batch)):
+        await broker.enqueue(batch)
+    with pytest.raises(QueueFullError):
+        await broker.enqueue(batch[:1])
+    assert (await broker.stats("q")).ready == MAX_JOBS
