@@ -126,17 +126,20 @@ async def serve_metrics(
 ) -> AsyncIterator[None]:
     """Serve Prometheus metrics on ``host:port`` while the block runs (``/metrics``, or any path).
 
+    The endpoint is :class:`~asyncjobs.metrics_http.MetricsHTTPServer`: one thread, a bounded
+    number of connections, a timeout on each.
+
     Connects ``broker`` first. Raises :class:`~asyncjobs.errors.ConfigError` when the ``otel``
     extra is missing or the port cannot be bound. Queue gauges cover ``queues`` and refresh every
     ``poll_seconds``.
     """
     installed = _install()
-    from prometheus_client import start_http_server
+    from asyncjobs.metrics_http import MetricsHTTPServer
 
     await broker.connect()  # here, before the worker's own (idempotent) connect: never two at once
 
     try:
-        server, thread = start_http_server(port, addr=host, registry=installed.registry)
+        server = MetricsHTTPServer(host, port, installed.registry)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
     source = _Source(tuple(queues))
@@ -152,6 +155,4 @@ async def serve_metrics(
     finally:
         installed.sources.remove(source)
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(server.shutdown)
-        server.server_close()
-        thread.join(timeout=5)
+            await anyio.to_thread.run_sync(server.close)
