@@ -87,7 +87,11 @@ class Worker:
             [DedupeMiddleware(app.dedupe, lease_seconds=lease, heartbeat_seconds=beat)] if app.dedupe is not None else []
         )
         outer = observability_layers(app.broker_url, middleware)  # empty unless an OTel SDK is set
-        layers = [*outer, *middleware, *app.middleware, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        placed = [  # a dedupe layer placed by hand ties its claims to this worker's leases too
+            layer.for_worker(lease, beat) if isinstance(layer, DedupeMiddleware) else layer
+            for layer in (*middleware, *app.middleware)
+        ]
+        layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None

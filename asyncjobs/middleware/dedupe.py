@@ -35,7 +35,8 @@ class DedupeMiddleware:
     """Run each keyed job at most once to completion per key (within the record's TTL).
 
     * The key is claimed atomically before the rest of the chain runs. With ``heartbeat_seconds``
-      (the worker passes its own lease and heartbeat) the claim lasts as long as the job's lease,
+      (a worker gives every dedupe layer its own lease and heartbeat, unless the layer was given
+      values of its own: :meth:`for_worker`) the claim lasts as long as the job's lease,
       ``lease_seconds``, and is extended at the same pace, so the claim of a crashed worker's job
       ends when its lease does and the redelivery runs at once. Without a heartbeat the claim lasts
       the job's timeout plus ``grace_seconds`` (``lease_seconds`` plus grace, kept extended, for a
@@ -55,17 +56,37 @@ class DedupeMiddleware:
         store: DedupeStore,
         *,
         grace_seconds: float = 10.0,
-        lease_seconds: float = 300.0,
+        lease_seconds: float | None = None,
         max_defer_seconds: float = 2.0,
         unavailable_delay: float = 5.0,
-        heartbeat_seconds: float = 0.0,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self.store = store
-        self.heartbeat_seconds = heartbeat_seconds
+        self._given = (lease_seconds, heartbeat_seconds)
+        self.heartbeat_seconds = 0.0 if heartbeat_seconds is None else heartbeat_seconds
         self.grace_seconds = grace_seconds
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = 300.0 if lease_seconds is None else lease_seconds
         self.max_defer_seconds = max_defer_seconds
         self.unavailable_delay = unavailable_delay
+
+    def for_worker(self, lease_seconds: float, heartbeat_seconds: float) -> DedupeMiddleware:
+        """This layer with a worker's lease and heartbeat wherever it was not given its own.
+
+        A :class:`~asyncjobs.Worker` calls it for every dedupe layer in its chain, so a layer placed
+        by hand ties its claims to the worker's leases as ``App(dedupe=...)`` does. The layer
+        itself is left as it is (an app may serve workers of different settings).
+        """
+        lease, beat = self._given
+        if lease is not None and beat is not None:
+            return self
+        return DedupeMiddleware(
+            self.store,
+            grace_seconds=self.grace_seconds,
+            lease_seconds=lease_seconds if lease is None else lease,
+            max_defer_seconds=self.max_defer_seconds,
+            unavailable_delay=self.unavailable_delay,
+            heartbeat_seconds=heartbeat_seconds if beat is None else beat,
+        )
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Claim the job's key, run the rest of the chain under it, and record how it ended."""

@@ -295,3 +295,40 @@ async def test_a_claim_lasts_as_long_as_the_lease_and_is_extended_with_the_heart
     assert max(seen) <= 1.05, f"claimed for the lease (1 s), not the 60 s timeout plus grace: {seen}"
     assert min(seen) > 0.3, f"kept extended while the job ran 1.6 s: {seen}"
     assert (await record_of(app, "k-lease")).status == "done"
+
+
+async def test_a_dedupe_layer_placed_by_hand_also_ties_its_claims_to_the_workers_lease() -> None:
+    """``App(middleware=[DedupeMiddleware(store, ...)])`` (docs/dedupe.md) claims for the lease, like ``App(dedupe=)``."""
+    from asyncjobs.clock import wall_time
+    from asyncjobs.middleware.dedupe import DedupeMiddleware
+
+    store = MemoryDedupeStore()
+    app = App(
+        MemoryBroker(f"memory://{uuid.uuid4().hex}"),
+        middleware=[DedupeMiddleware(store, grace_seconds=1.0, max_defer_seconds=0.5)],
+    )
+    seen: list[float] = []
+
+    @app.task(name="keyed", timeout=60)
+    async def keyed() -> None:
+        for _ in range(4):
+            record = await store.get("k-hand")
+            assert record is not None and record.lease_until is not None
+            seen.append(record.lease_until - wall_time())
+            await anyio.sleep(0.4)
+
+    await keyed.options(key="k-hand").enqueue()
+    async with running(app, lease_seconds=1.0, heartbeat_seconds=0.25) as worker:
+        await eventually(lambda: worker.stats.done == 1, within=10)
+    assert len(seen) == 4
+    assert max(seen) <= 1.05, f"claimed for the lease (1 s), not the 60 s timeout plus grace: {seen}"
+    assert min(seen) > 0.3, f"kept extended while the job ran 1.6 s: {seen}"
+
+
+def test_a_dedupe_layer_with_its_own_lease_and_heartbeat_keeps_them() -> None:
+    from asyncjobs.middleware.dedupe import DedupeMiddleware
+
+    own = DedupeMiddleware(MemoryDedupeStore(), lease_seconds=600, heartbeat_seconds=0)
+    assert own.for_worker(2.0, 0.5) is own
+    given_lease = DedupeMiddleware(MemoryDedupeStore(), lease_seconds=600).for_worker(2.0, 0.5)
+    assert (given_lease.lease_seconds, given_lease.heartbeat_seconds) == (600, 0.5)

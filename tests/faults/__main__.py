@@ -21,7 +21,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="keep the worker logs in this directory")
     parser.add_argument("--json", default="fault-report.json", help="where to write the figures")
     args = parser.parse_args()
-    from tests.faults.scenarios import SCENARIOS
+    from tests.faults.catalog import SCENARIOS
 
     names = args.scenario or list(SCENARIOS)
     brokers = ["redis", "amqp"] if args.broker == "all" else [args.broker]

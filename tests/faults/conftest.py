@@ -20,7 +20,7 @@ def run_scenario(name: str, broker: str, factory: Any) -> Report:
     require_server("postgres")
     require_server("redis" if broker == "redis" else "rabbitmq")
     if (name, broker) not in _cache:
-        from tests.faults.scenarios import SCENARIOS
+        from tests.faults.catalog import SCENARIOS
 
         workdir = Path(factory.mktemp(f"{name}-{broker}"))
         _cache[name, broker] = anyio.run(SCENARIOS[name], broker, workdir, LONG)

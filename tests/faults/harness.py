@@ -126,11 +126,13 @@ class Fleet:
         self.kind, self.ns, self.workdir, self.env, self.url = kind, ns, workdir, env, url
         self.procs: list[Proc] = []
 
-    def spawn(self, *options: str, url: str | None = None, log_level: str = "INFO") -> Proc:
+    def spawn(self, *options: str, url: str | None = None, log_level: str = "INFO", skew: float = 0.0) -> Proc:
+        """Start a worker; ``skew`` shifts its wall clock by that many seconds (``skewed.py``)."""
         log = self.workdir / f"worker-{len(self.procs)}.log"
         out = open(log, "wb")  # noqa: SIM115 - the child owns it
+        cli = [sys.executable, str(HERE / "skewed.py"), str(skew), "asyncjobs.cli"] if skew else [CLI]
         popen = subprocess.Popen(
-            [CLI, "--log-level", log_level, "worker", "ledger_app:app", "--broker", url or self.url, *options],
+            [*cli, "--log-level", log_level, "worker", "ledger_app:app", "--broker", url or self.url, *options],
             cwd=HERE,
             env=self.env,
             stdin=subprocess.DEVNULL,

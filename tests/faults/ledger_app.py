@@ -11,8 +11,16 @@ Started by the fault tests as ``asyncjobs worker ledger_app:app --broker URL`` (
   committed side effect and the key's ``done`` are one commit.
 
 Tasks: ``ledger.noop(key)`` (one row, no await in between), ``ledger.nap(key, seconds)``,
-``ledger.charge(key, seconds)`` (keyed: run with ``task.options(key=...)``) and
-``ledger.pill(key)`` (records its start, then ``os._exit(3)``: a poison pill).
+``ledger.charge(key, seconds)`` (keyed: run with ``task.options(key=...)``),
+``ledger.pill(key)`` (records its start, then ``os._exit(3)``: a poison pill),
+``ledger.block(key, seconds)`` (a keyed charge that blocks the event loop with ``time.sleep`` on
+its first delivery),
+``ledger.retry_once(key, delay)`` (asks for a retry after ``delay`` on its first attempt) and
+``ledger.soak(key, kind)`` (the soak's mix: ``ok``, ``flaky`` and ``slow`` fail their first
+attempt by an error or a timeout, ``perm`` is dead-lettered at once).
+
+Times in the ledger are the real wall clock even when the process runs with a shifted one
+(``skewed.py`` keeps the real ``time.time`` as ``time.unskewed_time``).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from asyncjobs import App, CallNext, Job, Outcome
+from asyncjobs import App, CallNext, Job, Outcome, PermanentError, Retry
 from asyncjobs.dedupe.postgres import PostgresDedupeStore
 from asyncjobs.middleware.dedupe import DedupeMiddleware
 
@@ -34,6 +42,7 @@ SIDE = os.environ.get("AJ_SIDE", "ledger_side")
 DEDUPE = os.environ.get("AJ_DEDUPE", "ledger_dedupe")
 QUEUE = "default"
 PID = os.getpid()
+now = getattr(time, "unskewed_time", time.time)  # the real wall clock, also under skewed.py
 
 _job: contextvars.ContextVar[Job] = contextvars.ContextVar("ledger_job")
 
@@ -81,7 +90,7 @@ class Ledger:
 
     async def start(self, key: str, ended: bool = False) -> int:
         job = _job.get()
-        now = time.time()
+        started = now()
         pool = await self.pool()
         async with pool.connection() as conn:
             cur = await conn.execute(
@@ -94,8 +103,8 @@ class Ledger:
                     job.attempt,
                     job.delivery.delivery_count,
                     PID,
-                    now,
-                    now if ended else None,
+                    started,
+                    started if ended else None,
                 ),
             )
             row = await cur.fetchone()
@@ -104,7 +113,7 @@ class Ledger:
     async def end(self, n: int) -> None:
         pool = await self.pool()
         async with pool.connection() as conn:
-            await conn.execute(f'UPDATE "{LEDGER}" SET ended = %s WHERE n = %s', (time.time(), n))
+            await conn.execute(f'UPDATE "{LEDGER}" SET ended = %s WHERE n = %s', (now(), n))
 
 
 ledger = Ledger()
@@ -143,3 +152,35 @@ async def pill(key: str) -> None:
     await ledger.start(key)
     await anyio.sleep(0.05)  # let the rows of its neighbours land, then die like a segfault
     os._exit(3)
+
+
+@app.task(name="ledger.block", timeout=20, max_attempts=10)
+async def block(key: str, seconds: float) -> None:
+    n = await ledger.start(key)
+    if _job.get().delivery.delivery_count == 1:  # the first delivery only: a redelivery runs normally
+        time.sleep(seconds)  # noqa: ASYNC251 - the point: a handler that blocks the event loop
+    async with store.transaction() as conn:
+        await conn.execute(f'INSERT INTO "{SIDE}" (job_key, pid) VALUES (%s, %s)', (key, PID))
+    await ledger.end(n)
+
+
+@app.task(name="ledger.retry_once", timeout=10, max_attempts=5)
+async def retry_once(key: str, delay: float) -> None:
+    n = await ledger.start(key)
+    await ledger.end(n)
+    if _job.get().attempt == 1:
+        raise Retry("first attempt asks for a retry", delay=delay)
+
+
+@app.task(name="ledger.soak", timeout=1.0, max_attempts=4)
+async def soak(key: str, kind: str) -> None:
+    first = _job.get().attempt == 1
+    n = await ledger.start(key)
+    if kind == "slow" and first:
+        await anyio.sleep(2.0)  # past the 1 s timeout: cancelled, retried
+    await anyio.sleep(0.005)
+    await ledger.end(n)
+    if kind == "flaky" and first:
+        raise ConnectionError("flaky dependency")
+    if kind == "perm":
+        raise PermanentError("this job can never succeed")

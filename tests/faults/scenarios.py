@@ -110,11 +110,6 @@ async def sigterm_under_load(broker: str, workdir: Path, long: bool) -> Report:
     return report
 
 
-SCENARIOS: dict[str, Scenario] = {
-    "sigterm": sigterm_under_load,
-}
-
-
 def stats_line(proc) -> str:  # type: ignore[no-untyped-def]
     """The ``worker stopped: ...`` counts a worker logged (empty if it did not stop cleanly)."""
     for line in proc.text().splitlines()[::-1]:
@@ -412,14 +407,3 @@ async def broker_faults(broker: str, workdir: Path, long: bool) -> Report:
             )  # a cut or restart loses leases
     report.seconds = round(time.monotonic() - began, 1)
     return report
-
-
-SCENARIOS.update(
-    {
-        "kill9": kill9_storm,
-        "rolling": rolling_deploy,
-        "pill": poison_pill,
-        "pause": paused_worker,
-        "faults": broker_faults,
-    }
-)

@@ -197,3 +197,70 @@ def test_every_duplicate_after_broker_faults_is_a_reported_lease_loss(
     assert r.duplicates <= r.extra["lease_lost"], (
         f"{r.duplicates} duplicates, {r.extra['lease_lost']} reported: {r.samples}"
     )
+
+
+# 7. blocked event loop --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_blocked_loop_is_reported_and_its_side_effect_stays_single(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    r = report("block", broker, tmp_path_factory)
+    assert r.lost == 0 and r.dead == 0, r.as_dict()
+    assert r.extra["stall_names_job"], f"the stall is logged naming the job: {r.extra['stall_lines']}"
+    assert r.extra["blocker_side_effects"] == 1, r.extra
+    assert r.extra["others_run_twice"] == 0, r.samples
+    runs = r.extra["blocker_runs"]
+    if broker == "redis":  # the lease ended during the block: run again elsewhere, not acked by the blocked worker
+        assert len(runs) == 2 and runs[0][0] == "a" and runs[1][0] == "b", runs
+        assert r.extra["a_lease_lost"] >= 1, r.extra
+    else:  # a delivery's lease lasts as long as its connection: it ran once
+        assert len(runs) == 1, runs
+
+
+# 8. clock skew ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_delays_and_retry_backoff_hold_across_hosts_with_skewed_clocks(
+    broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    r = report("skew", broker, tmp_path_factory)
+    delay, count = r.extra["delay"], r.extra["count"]
+    assert r.extra["clock_offsets"] == {"ahead": 300, "behind": -300}, "the producers really ran skewed"
+    assert r.extra["retries_run"] == 2 * count, r.extra
+    for tag in ("ahead", "behind"):
+        waits, gaps = r.extra["late_waits"][tag], r.extra["retry_gaps"][tag]
+        assert len(waits) == count and len(gaps) == count, r.extra
+        assert delay - 0.5 <= min(waits) and max(waits) <= delay + 3, f"{tag}: delayed jobs started after {waits}"
+        assert delay - 0.5 <= min(gaps) and max(gaps) <= delay + 3, f"{tag}: retries ran after {gaps}"
+
+
+# 9. soak ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_soak_every_job_ends_as_its_kind_says(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    r = report("soak", broker, tmp_path_factory)
+    assert r.lost == 0, r.as_dict()
+    assert r.extra["dead_not_perm"] == [] and r.extra["perm_not_dead"] == 0, r.extra
+    assert r.done + r.dead == r.enqueued
+    assert sum(r.extra["faults"].values()) >= 4, r.extra
+    assert r.exit_seconds and max(r.exit_seconds) <= 3 + 5, r.exit_seconds
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+        pytest.param(
+            "amqp",
+            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_GIVE_BACK_DUPLICATES)],
+            id="amqp",
+        ),
+    ],
+)
+def test_soak_runs_a_job_again_only_after_a_kill(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    r = report("soak", broker, tmp_path_factory)
+    assert unexcused(r) == 0, f"{unexcused(r)} extra runs of jobs no killed worker held: {r.samples}"
