@@ -14,7 +14,7 @@ Tasks: ``ledger.noop(key)`` (one row, no await in between), ``ledger.nap(key, se
 ``ledger.charge(key, seconds)`` (keyed: run with ``task.options(key=...)``),
 ``ledger.pill(key)`` (records its start, then ``os._exit(3)``: a poison pill),
 ``ledger.block(key, seconds)`` (a keyed charge that blocks the event loop with ``time.sleep`` on
-its first delivery),
+its first attempt),
 ``ledger.retry_once(key, delay)`` (asks for a retry after ``delay`` on its first attempt) and
 ``ledger.soak(key, kind)`` (the soak's mix: ``ok``, ``flaky`` and ``slow`` fail their first
 attempt by an error or a timeout, ``perm`` is dead-lettered at once).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import random
 import time
 from typing import Any
 
@@ -157,7 +158,7 @@ async def pill(key: str) -> None:
 @app.task(name="ledger.block", timeout=20, max_attempts=10)
 async def block(key: str, seconds: float) -> None:
     n = await ledger.start(key)
-    if _job.get().delivery.delivery_count == 1:  # the first delivery only: a redelivery runs normally
+    if _job.get().attempt == 1:  # the first attempt only: a redelivery runs normally
         time.sleep(seconds)  # noqa: ASYNC251 - the point: a handler that blocks the event loop
     async with store.transaction() as conn:
         await conn.execute(f'INSERT INTO "{SIDE}" (job_key, pid) VALUES (%s, %s)', (key, PID))
@@ -178,7 +179,7 @@ async def soak(key: str, kind: str) -> None:
     n = await ledger.start(key)
     if kind == "slow" and first:
         await anyio.sleep(2.0)  # past the 1 s timeout: cancelled, retried
-    await anyio.sleep(0.005)
+    await anyio.sleep(random.uniform(0.005, 0.05))
     await ledger.end(n)
     if kind == "flaky" and first:
         raise ConnectionError("flaky dependency")

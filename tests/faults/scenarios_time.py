@@ -108,14 +108,14 @@ async def clock_skew(broker: str, workdir: Path, long: bool) -> Report:
         per = tally(report, keys, rows, await dead_keys(producer, {}))
         late_waits: dict[str, list[float]] = {tag: [] for tag in enqueued}
         retry_gaps: dict[str, list[float]] = {tag: [] for tag in enqueued}
-        for key, runs in per.items():
-            tag = key.split("-", 1)[0]
+        for key in sorted(keys):
+            runs, tag = per[key], key.split("-", 1)[0]
             if "-late-" in key:
-                late_waits[tag].append(round(runs[0].started - enqueued[tag]["enqueued_at"], 2))
+                wait = runs[0].started - enqueued[tag]["enqueued_at"] if runs else float("inf")
+                late_waits[tag].append(round(wait, 2))
             else:
-                first = runs[0]
                 second = next((r for r in runs[1:] if r.attempt >= 2), None)
-                gap = second.started - (first.ended or first.started) if second else float("inf")
+                gap = second.started - (runs[0].ended or runs[0].started) if second else float("inf")
                 retry_gaps[tag].append(round(gap, 2))
         report.extra = {
             "skew": skew,

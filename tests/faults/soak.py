@@ -4,7 +4,7 @@ and a SIGTERM now and then. Every job must end done or dead-lettered as its kind
 The mix (``ledger.soak(key, kind)``): ``ok`` runs once; ``late`` runs once after a delay of up to
 3 s; ``flaky`` raises on its first attempt and ``slow`` runs past its 1 s timeout on its first
 attempt, so each is done on its second; ``perm`` raises ``PermanentError`` and is dead-lettered at
-once. Long form: 100,000 jobs, bounded at 15 minutes; short form (CI): 3,000 jobs.
+once. Long form: 100,000 jobs, bounded at 15 minutes; short form (CI): 4,000 jobs.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def kind_of(key: str) -> str:
 
 async def soak(broker: str, workdir: Path, long: bool) -> Report:
     """The soak (see the module's docstring)."""
-    total, bound, every = (100_000, 900.0, (8.0, 15.0)) if long else (3000, 150.0, (2.0, 4.0))
+    total, bound, every = (100_000, 900.0, (5.0, 10.0)) if long else (4000, 150.0, (0.5, 1.0))
     report = Report("soak", broker)
     began = time.monotonic()
-    opts = ("-c", "20", "--lease", "3", "--drain", "3")
+    opts = ("-c", "10", "--lease", "3", "--drain", "3")
     async with scenario_env(broker, "soak", workdir) as (producer, db, fleet):
         rng = random.Random(7)
         keys = [f"{kind}-{key}" for key in keys_of(total, "") for kind in rng.choices(*zip(*MIX, strict=True), k=1)]
@@ -105,7 +105,13 @@ async def soak(broker: str, workdir: Path, long: bool) -> Report:
             f"{k}: " + "; ".join(f"pid {r.pid} attempt {r.attempt} dc {r.delivery_count}" for r in per[k])
             for k in sorted(k for k in extra_runs if not any(r.pid in killed for r in per[k]))[:5]
         ]
+        lost = sorted(set(keys) - done - dead)
         report.extra = {
+            "lost_keys": [
+                f"{k}: " + "; ".join(f"pid {r.pid} attempt {r.attempt} dc {r.delivery_count} ended {r.ended is not None}" for r in per[k])
+                for k in lost[:5]
+            ],
+            "killed": sorted(killed),
             "faults": dict(faults),
             "mix": dict(Counter(kind_of(k) for k in keys)),
             "dead_not_perm": sorted(dead - perm)[:10],

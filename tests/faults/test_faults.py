@@ -36,6 +36,10 @@ AMQP_ACK_ON_DEAD_CONNECTION = (
     "ran again elsewhere (paused worker: 'done 2, lease lost 2' for 4 lost leases, 1 run of 2; cut: 22 "
     "duplicates for 21 reported lease losses, 1 run of 2)"
 )
+AMQP_DUE_TIMES_ACROSS_CLOCKS = (
+    "asyncjobs_rabbitmq writes a delayed job's due time (x-aj-due-ms) with the producer's wall clock and "
+    "compares it with the consumer's: a producer 5 minutes ahead delays a 3 s job by 5 minutes more"
+)
 
 
 def report(name: str, broker: str, tmp_path_factory: pytest.TempPathFactory) -> Report:
@@ -222,7 +226,17 @@ def test_a_blocked_loop_is_reported_and_its_side_effect_stays_single(
 # 8. clock skew ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("broker", BROKERS)
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("redis", marks=pytest.mark.redis, id="redis"),
+        pytest.param(
+            "amqp",
+            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_DUE_TIMES_ACROSS_CLOCKS)],
+            id="amqp",
+        ),
+    ],
+)
 def test_delays_and_retry_backoff_hold_across_hosts_with_skewed_clocks(
     broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
