@@ -37,7 +37,9 @@ class Attempt:
     ``confirmed_until`` is the monotonic time up to which the broker last confirmed the lease.
     ``task`` and ``number`` (the attempt number, 1 on the first run) are known once the body is
     decoded; ``envelope`` is the decoded job (``None`` until then, or when it does not decode).
-    ``started`` is the wall time at which a runner took it.
+    ``started`` is the wall time at which a runner took it. ``scope`` is the cancel scope it runs
+    in, lent by its runner while it runs (a runner keeps one scope for attempt after attempt and
+    opens a new one only after a cancellation: a scope cannot be used again once cancelled).
     """
 
     delivery: Delivery
@@ -48,7 +50,7 @@ class Attempt:
     envelope: Envelope | None = None
     started: float = 0.0
     cancel_reason: CancelReason | None = None
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope, repr=False)
+    scope: anyio.CancelScope | None = field(default=None, repr=False)
 
     @property
     def lost(self) -> bool:
@@ -63,9 +65,11 @@ class Attempt:
     def cancel(self, reason: CancelReason) -> None:
         """Stop this attempt for ``reason``; a lost lease overrides a shutdown, never the reverse.
 
-        The scope is cancelled whether or not the attempt has started: an attempt cancelled while
-        buffered never starts its handler.
+        A running attempt's scope is cancelled at once. An attempt still buffered never starts its
+        handler (the runner looks at the reason first); one already settling is settled as it
+        ended, with the reason noted (a lost lease is not acked).
         """
         if self.cancel_reason != "lease_lost":
             self.cancel_reason = reason
-        self.scope.cancel()
+        if self.phase == "running" and self.scope is not None:
+            self.scope.cancel()

@@ -281,25 +281,42 @@ class Worker:
         return attempt
 
     async def _runner(self, settler: Settler) -> None:
+        """Run buffered attempts one at a time until there are no more, each settled once.
+
+        Every attempt runs in the runner's cancel scope, which the worker cancels (through
+        :meth:`Attempt.cancel`) only while that attempt runs. A cancelled scope cannot be used
+        again, so after one the attempt is settled outside it and the runner opens a new one: one
+        scope per cancellation, not one per job.
+        """
         task = asyncio.current_task()
         slot = self.stall.slot(task)
         try:
-            while (attempt := await self._next()) is not None:
-                slot.held = attempt
-                try:
-                    outcome = await self._run(attempt)
-                finally:
-                    slot.held = None
-                await settler.settle(attempt, outcome)
+            while True:
+                cancelled: tuple[Attempt, Outcome | None] | None = None
+                with anyio.CancelScope() as scope:
+                    while (attempt := await self._next()) is not None:
+                        slot.held, attempt.scope = attempt, scope
+                        try:
+                            outcome = await self._run(attempt, scope)
+                        finally:
+                            slot.held = None
+                        if scope.cancel_called:  # settle outside the cancelled scope, in a new one
+                            cancelled = attempt, outcome
+                            break
+                        await settler.settle(attempt, outcome)
+                if cancelled is None:
+                    return  # no more work (the loop ended, not a cancellation)
+                await settler.settle(*cancelled)
         finally:
             if task is not None:
                 self.stall.slots.pop(task, None)
 
-    async def _run(self, attempt: Attempt) -> Outcome | None:
-        """Run one attempt in its own scope; the outcome to settle, or ``None`` if the worker stopped it first.
+    async def _run(self, attempt: Attempt, scope: anyio.CancelScope) -> Outcome | None:
+        """Run one attempt in ``scope``; the outcome to settle, or ``None`` if the worker stopped it first.
 
-        Only a cancellation of this runner itself (a hard stop, or the worker's caller cancelling
-        :meth:`run`) propagates.
+        Only a cancellation of this runner from outside (a hard stop, or the worker's caller
+        cancelling :meth:`run`) propagates; the worker's cancellation of the attempt is caught by
+        ``scope`` in :meth:`_runner`.
         """
         if attempt.cancel_reason is not None:  # lost or given back before it started
             return None
@@ -311,13 +328,13 @@ class Worker:
         task = asyncio.current_task()
         pending = task.cancelling() if task is not None else 0
         try:
-            with attempt.scope:
-                outcome = await self._chain(job)
-                if not isinstance(outcome, Outcome):
-                    raise not_an_outcome("the middleware chain", outcome)
-                return outcome
-            return None  # the worker cancelled it (lease lost, shutdown) before it produced an outcome
+            outcome = await self._chain(job)
+            if not isinstance(outcome, Outcome):
+                raise not_an_outcome("the middleware chain", outcome)
+            return outcome
         except asyncio.CancelledError as exc:
+            if scope.cancel_called and attempt.cancel_reason is not None:
+                return None  # the worker cancelled it (lease lost, shutdown) before it produced an outcome
             if task is not None and task.cancelling() > pending:
                 raise  # this runner is being cancelled, not the job
             return self._escaped(job, attempt, exc)
