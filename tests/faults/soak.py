@@ -61,10 +61,13 @@ async def soak(broker: str, workdir: Path, long: bool) -> Report:
         faults: Counter[str] = Counter()
         deadline = time.monotonic() + bound
         next_fault = time.monotonic() + rng.uniform(*every)
+        quiet = 0  # consecutive looks at an empty queue: a count over several queues (RabbitMQ's delay
+        # buckets) can miss a message that moves between two of them, so one look is not enough
         while time.monotonic() < deadline:
             await anyio.sleep(0.5)
             stats = await producer.broker.stats("default")
-            if stats.ready + stats.scheduled + stats.in_flight == 0 and stats.dead >= len(perm):
+            quiet = quiet + 1 if stats.ready + stats.scheduled + stats.in_flight == 0 else 0
+            if quiet >= 3 and stats.dead >= len(perm):
                 break
             if time.monotonic() < next_fault or faults.total() >= (40 if long else 4):
                 continue
