@@ -173,12 +173,12 @@ async def retry_once(key: str, delay: float) -> None:
         raise Retry("first attempt asks for a retry", delay=delay)
 
 
-@app.task(name="ledger.soak", timeout=1.0, max_attempts=4)
+@app.task(name="ledger.soak", timeout=3.0, max_attempts=4)
 async def soak(key: str, kind: str) -> None:
     first = _job.get().attempt == 1
     n = await ledger.start(key)
     if kind == "slow" and first:
-        await anyio.sleep(2.0)  # past the 1 s timeout: cancelled, retried
+        await anyio.sleep(4.0)  # past the 3 s timeout: cancelled, retried
     await anyio.sleep(random.uniform(0.005, 0.05))
     await ledger.end(n)
     if kind == "flaky" and first:

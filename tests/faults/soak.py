@@ -2,7 +2,7 @@
 and a SIGTERM now and then. Every job must end done or dead-lettered as its kind says.
 
 The mix (``ledger.soak(key, kind)``): ``ok`` runs once; ``late`` runs once after a delay of up to
-3 s; ``flaky`` raises on its first attempt and ``slow`` runs past its 1 s timeout on its first
+3 s; ``flaky`` raises on its first attempt and ``slow`` runs past its 3 s timeout on its first
 attempt, so each is done on its second; ``perm`` raises ``PermanentError`` and is dead-lettered at
 once. Long form: 100,000 jobs, bounded at 15 minutes; short form (CI): 4,000 jobs.
 """
