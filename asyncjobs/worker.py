@@ -93,6 +93,7 @@ class Worker:
         ]
         layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)
+        self._claim_keepers = [layer for layer in layers if isinstance(layer, DedupeMiddleware)]
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
         self._hard: anyio.Event | None = None
@@ -145,6 +146,8 @@ class Worker:
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
+                for layer in self._claim_keepers:  # dedupe claims: extended in one call per heartbeat
+                    services.start_soon(layer.keep_claims)
                 services.start_soon(self.stall.run)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
