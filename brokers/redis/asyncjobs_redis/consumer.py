@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import BrokerError
 from asyncjobs_redis.errors import broker_errors
 from asyncjobs_redis.keys import job_id_of
+from asyncjobs_redis.resend import Requests
 
 if TYPE_CHECKING:
     from asyncjobs_redis.broker import RedisBroker
@@ -34,6 +36,11 @@ class RedisConsumer:
     server (``BLPOP`` of the queues' wake lists), not in a polling loop. ``extend``, ``ack``
     and ``release`` take many leases in one script call; every change is conditional on the
     lease token.
+
+    A fetch or ack whose reply was lost is sent again under the name it first had, and the
+    server answers as it did the first time (see :mod:`asyncjobs_redis.resend`): the leases of a
+    lost fetch reply come with the next fetch, their delivery count unchanged, and an ack that went
+    through is reported acked.
     """
 
     def __init__(self, broker: RedisBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
@@ -56,6 +63,9 @@ class RedisConsumer:
         self._held: dict[str, tuple[Delivery, float]] = {}
         self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
         self._closed = False
+        self._requests = Requests(self._token_prefix + "r")
+        # The fetch whose reply has not been read (name, record key, queue order, keys), if any.
+        self._unread: tuple[str, str, list[str], list[str]] | None = None
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         """Lease up to ``max_count`` jobs, waiting on the server up to ``wait_seconds`` for one."""
@@ -86,16 +96,27 @@ class RedisConsumer:
                     del self._held[token]
         return min(max_count, self._prefetch - len(self._held))
 
-    async def _take(self, room: int) -> tuple[list[Delivery], int]:
+    async def _take(self, room: int, *, resend_only: bool = False) -> tuple[list[Delivery], int]:
+        """One fetch script call; a fetch whose reply was lost is sent again first, under its name."""
         client, scripts = await self._broker.client()
+        if self._unread is not None:
+            name, record, order, keys = self._unread
+            replay = 2 if resend_only else 1
+        elif resend_only:
+            return [], -1
+        else:
+            order, keys = self._turns[self._turn]
+            self._turn = (self._turn + 1) % len(self._turns)
+            name = self._requests.new_name()
+            record, replay = self._broker.keys(order[0]).request(name), 0
         start, self._tokens = self._tokens, self._tokens + room
         until = monotonic() + self._lease_ms / 1000
-        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start]
-        order, keys = self._turns[self._turn]
-        self._turn = (self._turn + 1) % len(self._turns)
+        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start, replay]
+        self._unread = (name, record, order, keys)  # until its reply is read
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
         with anyio.CancelScope(shield=True), broker_errors("fetch"):
-            reply = await scripts.fetch(keys=keys, args=args, client=client)
+            reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
+        self._unread = None
         out: list[Delivery] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
             qi, raw_handle, raw_token, count, body = reply[i : i + 5]
@@ -103,6 +124,12 @@ class RedisConsumer:
             delivery = Delivery(order[qi - 1], job_id_of(handle), body, token, count, handle)
             self._held[token] = (delivery, until)
             out.append(delivery)
+        if out:
+            self._requests.answered(name, record, kept=True)
+        if len(out) > room:  # a resent fetch brought back more than there is room for now
+            with anyio.CancelScope(shield=True):
+                await self.release(out[room:])
+            del out[room:]
         return out, int(reply[0])
 
     async def _block(self, seconds: float) -> None:
@@ -145,13 +172,30 @@ class RedisConsumer:
         return result
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Remove finished jobs whose lease is still held, in one script call."""
+        """Remove finished jobs whose lease is still held, in one script call.
+
+        The same deliveries acked again after a connection error are the same request sent
+        again: the jobs the first call removed are reported acked.
+        """
         if not deliveries:
             return []
         _, scripts = await self._broker.client()
         keys, args = self._batch(deliveries)
-        with broker_errors("ack"):
-            reply = await scripts.ack(keys=keys, args=args)
+        sent = tuple(delivery.token for delivery in deliveries)
+        name, record = self._requests.name(sent)
+        if name is None or record is None:
+            name = self._requests.new_name()
+            record, replay = self._broker.keys(deliveries[0].queue).request(name), 0
+        else:
+            replay = 1
+        args[1:1] = [replay, self._lease_ms]
+        try:
+            with broker_errors("ack"):
+                reply = await scripts.ack(keys=[*keys, record, *self._requests.spent()], args=args)
+        except BrokerError:
+            self._requests.lost(sent, name, record)
+            raise
+        self._requests.answered(sent, record, kept=True)
         for delivery in deliveries:
             self._held.pop(delivery.token, None)
         return [bool(r) for r in reply]
@@ -191,6 +235,9 @@ class RedisConsumer:
     async def close(self) -> None:
         """Stop fetching and give back every lease still held; a failure is logged (they expire)."""
         self._closed = True
+        if self._unread is not None:  # a fetch whose reply was lost: take its leases to give them back
+            with contextlib.suppress(BrokerError):
+                await self._take(self._prefetch, resend_only=True)
         held, self._held = [delivery for delivery, _ in self._held.values()], {}
         if not held:
             return

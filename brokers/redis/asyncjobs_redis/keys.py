@@ -29,6 +29,10 @@ class QueueKeys:
         """The list a blocked fetcher waits on."""
         return self.job[-1]
 
+    def request(self, request_id: str) -> str:
+        """The record of one fetch or ack request, kept a lease length so a resend gets the same answer."""
+        return f"{self.tag}:request:{request_id}"
+
     def unique(self, key: str) -> str:
         """The string that holds an enqueue-time unique key while its TTL lasts."""
         return f"{self.tag}:unique:{key}"

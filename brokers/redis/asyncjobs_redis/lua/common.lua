@@ -73,3 +73,11 @@ local function held(tok, g, result)
   end
   return out
 end
+
+-- Requests that may be sent twice (fetch, ack) carry a record key after the queues' keys: the
+-- script keeps what it did there for a lease length, so the same request sent again after a
+-- lost reply gets the same answer. Keys after the record are records whose reply arrived: they
+-- are no longer needed and go now.
+local function spend(first)
+  for i = first, #KEYS do redis.call('DEL', KEYS[i]) end
+end

@@ -1,17 +1,49 @@
 -- Lease up to max_count jobs across the queues, in the order given (the consumer starts each fetch
 -- with the next queue, so none starves). First, per queue: due scheduled
 -- jobs join the back of ready and expired leases go back to the front (their token removed, so
--- the old holder can no longer extend or settle them). ARGV: n_queues, max_count, lease ms,
--- token prefix, last token number used.
+-- the old holder can no longer extend or settle them).
+-- KEYS: the queues' keys, the record key of this request, then spent record keys (deleted).
+-- ARGV: n_queues, max_count, lease ms, token prefix, last token number used, replay (0: a new
+-- request; 1: sent before, its reply lost; 2: the same, but lease nothing new).
+-- The leases taken are kept in the record for a lease length. A replayed request whose record
+-- is there gets those of its leases back that it still holds (deadline renewed, delivery count
+-- unchanged: a lost reply uses up no attempt), and leases nothing new.
 -- Returns {ms until the next scheduled job or lease deadline (-1: none known; only looked up
 -- when nothing was taken), taken, then per delivery: queue index, handle, token, delivery
 -- count, body}.
 local nq, want, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local prefix, seq = ARGV[4], tonumber(ARGV[5])
+local prefix, seq, replay = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local record = KEYS[nq * N_KEYS + 1]
 local now = now_ms()
 local out = {-1, 0}
 local got = 0
 local next_due = -1
+spend(nq * N_KEYS + 2)
+
+if replay > 0 then
+  local kept = redis.call('LRANGE', record, 0, -1)
+  for i = 1, #kept, 3 do
+    local qi, handle, token = tonumber(kept[i]), kept[i + 1], kept[i + 2]
+    local _, _, lease, jobs, tok, dc = qkeys(qi)
+    if redis.call('HGET', tok, handle) == token then
+      redis.call('ZADD', lease, now + lease_ms, handle)
+      out[#out + 1] = qi
+      out[#out + 1] = handle
+      out[#out + 1] = token
+      out[#out + 1] = tonumber(redis.call('HGET', dc, handle))
+      out[#out + 1] = redis.call('HGET', jobs, handle)
+      got = got + 1
+    end
+  end
+  if got > 0 or replay == 2 then
+    if got > 0 then redis.call('PEXPIRE', record, lease_ms) end
+    out[1] = 0
+    out[2] = got
+    return out
+  end
+  redis.call('DEL', record)  -- none of them is held any more: a new request under the same name
+end
+local leased_here = {}
 
 local function earliest(zset)
   local head = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
@@ -69,6 +101,9 @@ for qi = 1, nq do
           out[#out + 1] = count
           out[#out + 1] = body
           got = got + 1
+          leased_here[#leased_here + 1] = qi
+          leased_here[#leased_here + 1] = handle
+          leased_here[#leased_here + 1] = token
         end
         -- a handle without a body cannot be delivered: it was removed by an operator; drop it
       end
@@ -84,6 +119,10 @@ for qi = 1, nq do
     earliest(sched)
     earliest(lease)
   end
+end
+if #leased_here > 0 then
+  chunked('RPUSH', record, leased_here)
+  redis.call('PEXPIRE', record, lease_ms)
 end
 out[1] = next_due
 out[2] = got
