@@ -110,7 +110,10 @@ class RedisBroker:
 
     def new_handle(self, job_id: str | None) -> str:
         """A handle no other stored job has: the job id, ``|``, a per-broker tag and counter."""
-        return f"{job_id or ''}|{self._handle_tag}{next(self._handles):x}"
+        return f"{job_id or ''}|{self._handle_suffix()}"
+
+    def _handle_suffix(self) -> str:
+        return f"{self._handle_tag}{next(self._handles):x}"
 
     def _current(self) -> bool:
         """Whether the pool exists and belongs to the running event loop."""
@@ -222,23 +225,40 @@ class RedisBroker:
         return [_dead_letter(queue, reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
 
     async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
-        """One dead letter by id, or ``None``."""
+        """One dead letter by the id :meth:`list_dead` shows, or ``None``.
+
+        The first dead letter of a job has the job's id; a later one of the same id gets
+        ``ID.N``. A plain job id with no entry of its own finds the newest ``ID.N``.
+        """
         client, _ = await self.client()
-        _, body_key, info_key, _ = self.keys(queue).dead
+        dead_key, body_key, info_key, _ = self.keys(queue).dead
         with broker_errors("get dead letter"):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hget(body_key, dead_id)
-                pipe.hget(info_key, dead_id)
-                body, info = await pipe.execute()
-        return None if body is None else _dead_letter(queue, dead_id.encode(), body, info or b"{}")
+            found = await self._read_dead(client, body_key, info_key, dead_id)
+            if found is None:
+                newest = await _newest_repeat(client, dead_key, dead_id)
+                found = None if newest is None else await self._read_dead(client, body_key, info_key, newest)
+        if found is None:
+            return None
+        return _dead_letter(queue, found[0].encode(), found[1], found[2])
+
+    @staticmethod
+    async def _read_dead(client: Redis, body_key: str, info_key: str, dead_id: str) -> tuple[str, bytes, bytes] | None:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hget(body_key, dead_id)
+            pipe.hget(info_key, dead_id)
+            body, info = await pipe.execute()
+        return None if body is None else (dead_id, body, info or b"{}")
 
     async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
-        """Swap a dead letter for a ready job with ``body``, atomically. ``False`` if it is gone."""
+        """Swap a dead letter for a ready job with ``body``, atomically. ``False`` if it is gone.
+
+        A body whose id cannot be read keeps the id of the dead letter (without a ``.N``).
+        """
         _, scripts = await self.client()
         keys = self.keys(queue)
         with broker_errors("replay dead letter"):
             done = await scripts.replay(
-                keys=[*keys.job, *keys.dead], args=[dead_id, body, self.new_handle(peek_id(body))]
+                keys=[*keys.job, *keys.dead], args=[dead_id, body, peek_id(body) or "", self._handle_suffix()]
             )
         return bool(done)
 
@@ -250,6 +270,18 @@ class RedisBroker:
         with broker_errors("purge dead letters"):
             count = await scripts.purge(keys=self.keys(queue).dead[:3], args=list(dead_ids or ()))
         return int(count)
+
+
+async def _newest_repeat(client: Redis, dead_key: str, job_id: str) -> str | None:
+    """The newest dead letter ``JOB_ID.N`` (``N``: the letter's sequence number), or ``None``."""
+    pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in job_id) + ".*"
+    newest: tuple[float, str] | None = None
+    async for member, seq in client.zscan_iter(dead_key, match=pattern, count=1000):
+        name = member.decode(errors="replace")
+        base, _, n = name.rpartition(".")
+        if base == job_id and n == str(int(seq)) and (newest is None or seq > newest[0]):
+            newest = (seq, name)
+    return None if newest is None else newest[1]
 
 
 def _dead_letter(queue: str, dead_id: bytes, body: bytes, info: bytes) -> DeadLetter:

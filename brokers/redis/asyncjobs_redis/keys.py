@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-JOB_SUFFIXES = ("ready", "scheduled", "leased", "jobs", "tokens", "deliveries", "ready_since", "wake")
+JOB_SUFFIXES = ("ready", "scheduled", "leased", "jobs", "tokens", "deliveries", "ready_since", "wake", "uniques")
 """Per-queue job keys, in the order every script receives them (see ``lua/common.lua``)."""
 
 DEAD_SUFFIXES = ("dead", "dead:body", "dead:info", "dead:seq")
@@ -27,7 +27,7 @@ class QueueKeys:
     @property
     def wake(self) -> str:
         """The list a blocked fetcher waits on."""
-        return self.job[-1]
+        return self.job[7]
 
     def request(self, request_id: str) -> str:
         """The record of one fetch or ack request, kept a lease length so a resend gets the same answer."""

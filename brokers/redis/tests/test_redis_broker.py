@@ -155,7 +155,7 @@ async def test_unreadable_body_is_delivered_byte_for_byte_without_an_id(broker: 
     assert dead.body == raw
     assert await broker.replay_dead("q", dead.id, raw)
     [replayed] = await consumer.fetch(1, 1.0)
-    assert (replayed.body, replayed.job_id) == (raw, None)
+    assert (replayed.body, replayed.job_id) == (raw, dead.id), "it keeps the id it had"
 
 
 async def test_stats_report_the_age_of_the_oldest_ready_job(broker: RedisBroker) -> None:

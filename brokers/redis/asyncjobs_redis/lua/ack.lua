@@ -16,7 +16,7 @@ if ARGV[2] == '1' then
 end
 local groups, result = by_queue(nq, 4)
 for qi = 1, nq do
-  local _, _, lease, jobs, tok, dc = qkeys(qi)
+  local _, _, lease, jobs, tok, dc, _, _, uniques = qkeys(qi)
   local g = groups[qi]
   if #g.handles > 0 then
     local done = held(tok, g, result)
@@ -24,6 +24,7 @@ for qi = 1, nq do
     chunked('HDEL', tok, done)
     chunked('HDEL', jobs, done)
     chunked('HDEL', dc, done)
+    chunked('HDEL', uniques, done)  -- a done job's unique key is kept for its TTL
   end
 end
 redis.call('SET', record, table.concat(result), 'PX', tonumber(ARGV[3]))
