@@ -118,19 +118,55 @@ class RedisConsumer:
             reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
         self._unread = None
         out: list[Delivery] = []
+        unnamed: list[Delivery] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
-            qi, raw_handle, raw_token, count, body = reply[i : i + 5]
-            handle, token = raw_handle.decode(), raw_token.decode()
-            delivery = Delivery(order[qi - 1], job_id_of(handle), body, token, count, handle)
+            qi, handle, raw_token, count, body = reply[i : i + 5]
+            token = raw_token.decode()
+            try:
+                job_id = job_id_of(handle)
+            except UnicodeDecodeError:
+                unnamed.append(Delivery(order[qi - 1], None, body, token, count, handle))
+                continue
+            delivery = Delivery(order[qi - 1], job_id, body, token, count, handle)
             self._held[token] = (delivery, until)
             out.append(delivery)
-        if out:
+        if unnamed:
+            await self._bury_unnamed(unnamed)
+        if out or unnamed:
             self._requests.answered(name, record, kept=True)
         if len(out) > room:  # a resent fetch brought back more than there is room for now
             with anyio.CancelScope(shield=True):
                 await self.release(out[room:])
             del out[room:]
         return out, int(reply[0])
+
+    async def _bury_unnamed(self, deliveries: list[Delivery]) -> None:
+        """Dead-letter jobs whose handle holds an id that is not UTF-8 (written by hand), bodies intact.
+
+        They never reach the worker, and never hold up the jobs fetched with them; one that cannot
+        be moved now (the server went away) comes back when its lease ends.
+        """
+        for delivery in deliveries:
+            shown = delivery.handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace")
+            info = DeadLetterInfo(
+                "malformed",
+                "EnvelopeError",
+                f"the job's handle in Redis is not UTF-8: {delivery.handle!r}",
+                attempts=delivery.delivery_count,
+                failed_at=wall_time(),
+            )
+            try:
+                with anyio.CancelScope(shield=True):
+                    moved = await self._dead_letter(delivery, info, shown)
+            except BrokerError as exc:
+                log.error(
+                    "job with handle %r is malformed (not UTF-8) and could not be dead-lettered: %s",
+                    delivery.handle,
+                    exc,
+                )
+                continue
+            if moved:
+                log.error("job with handle %r dead-lettered (malformed): its id is not UTF-8", delivery.handle)
 
     async def _block(self, seconds: float) -> None:
         """Wait on the server until a job may be ready (a wake signal) or ``seconds`` pass."""
@@ -212,14 +248,16 @@ class RedisConsumer:
 
     async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
         """Move the leased job, body intact, to the dead letters of its queue (kept under its job id)."""
+        done = await self._dead_letter(delivery, info, delivery.job_id or uuid.uuid4().hex)
+        self._held.pop(delivery.token, None)
+        return done
+
+    async def _dead_letter(self, delivery: Delivery, info: DeadLetterInfo, dead_id: str) -> bool:
         _, scripts = await self._broker.client()
         keys = self._broker.keys(delivery.queue)
-        dead_id = delivery.job_id or uuid.uuid4().hex
         args = [delivery.handle, delivery.token, dead_id, json.dumps(info.to_json(), default=str)]
         with broker_errors("dead-letter"):
-            done = await scripts.dead_letter(keys=[*keys.job, *keys.dead], args=args)
-        self._held.pop(delivery.token, None)
-        return bool(done)
+            return bool(await scripts.dead_letter(keys=[*keys.job, *keys.dead], args=args))
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give leased jobs back to the front of ready at once; the delivery does not count."""

@@ -49,6 +49,10 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
     )
 
 
-def job_id_of(handle: str) -> str | None:
-    """The job id a stored job's handle (``JOB_ID|UNIQUE``) carries; ``None`` when it had none."""
-    return handle.rpartition("|")[0] or None
+def job_id_of(handle: bytes) -> str | None:
+    """The job id a stored job's handle (``JOB_ID|UNIQUE``) carries; ``None`` when it had none.
+
+    Raises :class:`UnicodeDecodeError` when the id is not UTF-8 (a handle written by hand): that job
+    cannot be named, and is dead-lettered as malformed by the consumer.
+    """
+    return handle.rpartition(b"|")[0].decode() or None
