@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "asyncjobs"
 DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_FETCH_BYTES = 8 * 1024 * 1024  # bodies per fetch reply, at most (but always one job)
 ENQUEUE_CHUNK = 500  # jobs per script call: bounds one call's size and the server's time in it
 MIN_SERVER = (6, 2)  # LPOP with a count
 
 
-def _split_url(url: str) -> tuple[str, str, float]:
-    """The client URL (without our own parameters), the key prefix and the socket timeout."""
+def _split_url(url: str) -> tuple[str, str, float, int]:
+    """The client URL (without our own parameters), the key prefix, the socket timeout and the fetch budget."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise BrokerURLError(f"not a Redis URL: {url!r}; expected redis://host:6379/0 or rediss://...")
@@ -48,8 +49,15 @@ def _split_url(url: str) -> tuple[str, str, float]:
         timeout = DEFAULT_SOCKET_TIMEOUT if timeout_text is None else float(timeout_text)
     except ValueError:
         raise BrokerURLError(f"socket_timeout={timeout_text!r} in {url!r} is not a number of seconds") from None
-    rest = [(k, v) for k, v in params if k != "prefix"]
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout
+    budget_text = next((v for k, v in params if k == "fetch_bytes"), None)
+    try:
+        budget = DEFAULT_FETCH_BYTES if budget_text is None else int(budget_text)
+        if budget < 1:
+            raise ValueError(budget)
+    except ValueError:
+        raise BrokerURLError(f"fetch_bytes={budget_text!r} in {url!r} is not a positive number of bytes") from None
+    rest = [(k, v) for k, v in params if k not in ("prefix", "fetch_bytes")]
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout, budget
 
 
 async def _warn_if_evicting(client: Redis) -> None:
@@ -92,7 +100,7 @@ class RedisBroker:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
         self.url = url
-        self._client_url, self.prefix, self.socket_timeout = _split_url(url)
+        self._client_url, self.prefix, self.socket_timeout, self.fetch_bytes = _split_url(url)
         self._client: Redis | None = None
         self._scripts: Scripts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

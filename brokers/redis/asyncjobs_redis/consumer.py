@@ -111,7 +111,8 @@ class RedisConsumer:
             record, replay = self._broker.keys(order[0]).request(name), 0
         start, self._tokens = self._tokens, self._tokens + room
         until = monotonic() + self._lease_ms / 1000
-        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start, replay]
+        budget = self._broker.fetch_bytes
+        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start, replay, budget]
         self._unread = (name, record, order, keys)  # until its reply is read
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
         with anyio.CancelScope(shield=True), broker_errors("fetch"):

@@ -61,6 +61,8 @@ def test_url_scheme_finds_the_broker_with_its_prefix_and_db() -> None:
         ("redis://127.0.0.1:6379/0?prefix=", "prefix"),
         ("redis://127.0.0.1:6379/0?prefix=a{b", "braces"),
         ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+        ("redis://127.0.0.1:6379/0?fetch_bytes=0", "fetch_bytes"),
+        ("redis://127.0.0.1:6379/0?fetch_bytes=lots", "fetch_bytes"),
         ("memcached://127.0.0.1", "not a Redis URL"),
     ],
 )

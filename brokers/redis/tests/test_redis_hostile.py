@@ -6,17 +6,21 @@ holds up the good jobs fetched with it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from asyncjobs_redis import RedisBroker
 from redis.asyncio import Redis
 
 from asyncjobs import App
+from asyncjobs.broker import OutgoingJob
 from tests.harness import require_server
 from tests.harness.redis import REDIS_URL, delete_prefix
 from tests.runtime.helpers import eventually, running
+from tests.servers.redis import redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -55,6 +59,10 @@ def envelope(job_id: str, task: str = "good") -> bytes:
     return f'{{"v":1,"id":"{job_id}","task":"{task}"}}'.encode()
 
 
+def envelope_with(job_id: str, payload: str) -> bytes:
+    return json.dumps({"v": 1, "id": job_id, "task": "big", "args": [payload]}).encode()
+
+
 def counting_app(broker: RedisBroker) -> tuple[App, list[str]]:
     app = App(broker)
     ran: list[str] = []
@@ -89,3 +97,47 @@ async def test_a_handle_that_is_not_utf8_is_dead_lettered_and_its_batch_runs(bro
     assert dead.id == "\\xff\\xfe"
     stats = await broker.stats("default")
     assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 1)
+
+
+async def test_big_jobs_are_fetched_a_byte_budget_at_a_time_and_all_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mb = 1024 * 1024
+    count, size = 10, 20 * mb
+    with redis_server(workdir=tmp_path) as server:
+        producer = RedisBroker(server.url)
+        body = "x" * size
+        await producer.enqueue(
+            [OutgoingJob(f"big{i}", "default", envelope_with(f"big{i}", body)) for i in range(count)]
+        )
+        # One reply of all ten bodies (200 MB) takes longer than this socket timeout; one of 20 MB
+        # (the default budget, 8 MiB, is passed with the first body) does not.
+        app = App(RedisBroker(f"{server.url}?socket_timeout=1"))
+        sizes: list[int] = []
+
+        @app.task(name="big", max_attempts=1)  # a delivery whose reply was lost would dead-letter it
+        async def big(payload: str) -> None:
+            sizes.append(len(payload))
+
+        try:
+            async with running(app, concurrency=2, prefetch=count, lease_seconds=5) as worker:
+                await eventually(lambda: worker.stats.done + worker.stats.dead >= count, within=60)
+            dead = await producer.list_dead("default")
+        finally:
+            await producer.close()
+    assert sizes == [size] * count, "all ten ran"
+    assert not [r for r in caplog.records if "fetch failed" in r.getMessage()], "no fetch reply outlasted the timeout"
+    assert (worker.stats.done, worker.stats.dead, dead) == (count, 0, [])
+
+
+async def test_the_fetch_budget_counts_bytes_and_always_takes_one(broker: RedisBroker, raw: Redis) -> None:
+    budgeted = RedisBroker(f"{REDIS_URL}?prefix={broker.prefix}&fetch_bytes=1000")
+    assert budgeted.fetch_bytes == 1000
+    await push(raw, broker, [(f"j{i}|x".encode(), b"x" * 400) for i in range(5)] + [(b"big|x", b"y" * 5000)])
+    consumer = await budgeted.consumer(["default"], prefetch=10, lease_seconds=30)
+    try:
+        sizes = [[len(d.body) for d in await consumer.fetch(10, 0.0)] for _ in range(4)]
+    finally:
+        await consumer.close()
+        await budgeted.close()
+    assert sizes == [[400, 400], [400, 400], [400], [5000]]

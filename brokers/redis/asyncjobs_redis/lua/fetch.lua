@@ -4,7 +4,9 @@
 -- the old holder can no longer extend or settle them).
 -- KEYS: the queues' keys, the record key of this request, then spent record keys (deleted).
 -- ARGV: n_queues, max_count, lease ms, token prefix, last token number used, replay (0: a new
--- request; 1: sent before, its reply lost; 2: the same, but lease nothing new).
+-- request; 1: sent before, its reply lost; 2: the same, but lease nothing new), byte budget:
+-- no body is added once the bodies taken add up to it, except the first (a fetch that finds a
+-- ready job always takes one, whatever its size).
 -- The leases taken are kept in the record for a lease length. A replayed request whose record
 -- is there gets those of its leases back that it still holds (deadline renewed, delivery count
 -- unchanged: a lost reply uses up no attempt), and leases nothing new.
@@ -12,7 +14,7 @@
 -- when nothing was taken), taken, then per delivery: queue index, handle, token, delivery
 -- count, body}.
 local nq, want, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local prefix, seq, replay = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local prefix, seq, replay, budget = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local record = KEYS[nq * N_KEYS + 1]
 local now = now_ms()
 local out = {-1, 0}
@@ -79,8 +81,18 @@ for qi = 1, nq do
     for i = #expired, 1, -1 do redis.call('LPUSH', ready, expired[i]) end
     redis.call('HSET', ts, unpack(since))
   end
-  if got < want then
-    local taken = redis.call('LPOP', ready, want - got)
+  if got < want and budget > 0 then
+    local n = 0
+    for _, handle in ipairs(redis.call('LRANGE', ready, 0, want - got - 1)) do
+      local size = redis.call('HSTRLEN', jobs, handle)
+      if size > budget and got + n > 0 then
+        budget = 0
+        break
+      end
+      budget = budget - size
+      n = n + 1
+    end
+    local taken = n > 0 and redis.call('LPOP', ready, n)
     if taken then
       local bodies = hmget(jobs, taken)
       local deadline = now + lease_ms
