@@ -119,21 +119,24 @@ class RedisConsumer:
             reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
         self._unread = None
         out: list[Delivery] = []
-        unnamed: list[Delivery] = []
+        bad: list[tuple[Delivery, str]] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
             qi, handle, raw_token, count, body = reply[i : i + 5]
             token = raw_token.decode()
             try:
                 job_id = job_id_of(handle)
             except UnicodeDecodeError:
-                unnamed.append(Delivery(order[qi - 1], None, body, token, count, handle))
+                bad.append((Delivery(order[qi - 1], None, body, token, count, handle), "malformed"))
                 continue
             delivery = Delivery(order[qi - 1], job_id, body, token, count, handle)
+            if count == 0:  # its handle was ready, its body never came
+                bad.append((delivery, "missing_body"))
+                continue
             self._held[token] = (delivery, until)
             out.append(delivery)
-        if unnamed:
-            await self._bury_unnamed(unnamed)
-        if out or unnamed:
+        if bad:
+            await self._bury(bad)
+        if out or bad:
             self._requests.answered(name, record, kept=True)
         if len(out) > room:  # a resent fetch brought back more than there is room for now
             with anyio.CancelScope(shield=True):
@@ -141,33 +144,34 @@ class RedisConsumer:
             del out[room:]
         return out, int(reply[0])
 
-    async def _bury_unnamed(self, deliveries: list[Delivery]) -> None:
-        """Dead-letter jobs whose handle holds an id that is not UTF-8 (written by hand), bodies intact.
+    async def _bury(self, deliveries: list[tuple[Delivery, str]]) -> None:
+        """Dead-letter jobs written by hand that the worker cannot be given, bodies intact, and log them.
 
-        They never reach the worker, and never hold up the jobs fetched with them; one that cannot
-        be moved now (the server went away) comes back when its lease ends.
+        ``malformed``: the id in the handle is not UTF-8. ``missing_body``: the handle was ready
+        and no body came within the grace the fetch script gives. They never hold up the jobs
+        fetched with them; one that cannot be moved now (the server went away) comes back when its
+        lease ends.
         """
-        for delivery in deliveries:
-            shown = delivery.handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace")
+        for delivery, reason in deliveries:
+            shown = delivery.handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace") or uuid.uuid4().hex
+            key = self._broker.keys(delivery.queue).job[3]
+            why = (
+                "the id in its handle is not UTF-8"
+                if reason == "malformed"
+                else f"its handle was ready but no body was stored under it in {key}"
+            )
+            message = f"job with handle {delivery.handle!r}: {why}"
             info = DeadLetterInfo(
-                "malformed",
-                "EnvelopeError",
-                f"the job's handle in Redis is not UTF-8: {delivery.handle!r}",
-                attempts=delivery.delivery_count,
-                failed_at=wall_time(),
+                reason, "EnvelopeError", message, attempts=delivery.delivery_count, failed_at=wall_time()
             )
             try:
                 with anyio.CancelScope(shield=True):
                     moved = await self._dead_letter(delivery, info, shown)
             except BrokerError as exc:
-                log.error(
-                    "job with handle %r is malformed (not UTF-8) and could not be dead-lettered: %s",
-                    delivery.handle,
-                    exc,
-                )
+                log.error("%s; it could not be dead-lettered (%s)", message, exc)
                 continue
             if moved:
-                log.error("job with handle %r dead-lettered (malformed): its id is not UTF-8", delivery.handle)
+                log.error("%s; dead-lettered as %s under id %r", message, reason, shown)
 
     async def _block(self, seconds: float) -> None:
         """Wait on the server until a job may be ready (a wake signal) or ``seconds`` pass."""

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-JOB_SUFFIXES = ("ready", "scheduled", "leased", "jobs", "tokens", "deliveries", "ready_since", "wake", "uniques")
+JOB_SUFFIXES = (
+    "ready",
+    "scheduled",
+    "leased",
+    "jobs",
+    "tokens",
+    "deliveries",
+    "ready_since",
+    "wake",
+    "uniques",
+    "missing",
+)
 """Per-queue job keys, in the order every script receives them (see ``lua/common.lua``)."""
 
 DEAD_SUFFIXES = ("dead", "dead:body", "dead:info", "dead:seq")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from asyncjobs_redis import RedisBroker
 from redis.asyncio import Redis
@@ -82,6 +83,7 @@ async def push(raw: Redis, broker: RedisBroker, jobs: list[tuple[bytes, bytes | 
             if body is not None:
                 pipe.hset(keys.job[3], handle, body)
             pipe.rpush(keys.job[0], handle)
+        pipe.rpush(keys.wake, 1)
         await pipe.execute()
 
 
@@ -141,3 +143,33 @@ async def test_the_fetch_budget_counts_bytes_and_always_takes_one(broker: RedisB
         await consumer.close()
         await budgeted.close()
     assert sizes == [[400, 400], [400, 400], [400], [5000]]
+
+
+async def test_a_handle_pushed_without_a_body_is_dead_lettered_as_missing_body(
+    broker: RedisBroker, raw: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    await push(raw, broker, [(b"lost|x1", None), (b"g1|x", envelope("g1")), (b"g2|x", envelope("g2"))])
+    app, ran = counting_app(broker)
+    async with running(app) as worker:
+        await eventually(lambda: len(ran) == 2)
+        with anyio.fail_after(10):
+            while not (dead := await broker.list_dead("default")):  # noqa: ASYNC110 - polls the broker
+                await anyio.sleep(0.05)
+    [letter] = dead
+    assert (letter.id, letter.body, letter.info.reason) == ("lost", b"", "missing_body")
+    assert "lost|x1" in letter.info.error_message
+    assert worker.stats.done == 2
+    stats = await broker.stats("default")
+    assert (stats.ready, stats.scheduled, stats.in_flight, stats.dead) == (0, 0, 0, 1)
+    assert any("missing_body" in r.getMessage() for r in caplog.records), "it is logged"
+
+
+async def test_a_body_written_just_after_its_handle_still_runs(broker: RedisBroker, raw: Redis) -> None:
+    app, ran = counting_app(broker)
+    async with running(app) as worker:
+        await push(raw, broker, [(b"late|x1", None)])  # two commands, no MULTI: the handle first
+        await anyio.sleep(0.5)
+        await raw.hset(broker.keys("default").job[3], b"late|x1", envelope("late"))
+        await eventually(lambda: ran == ["good"])
+    assert (worker.stats.done, worker.stats.dead) == (1, 0)
+    assert await broker.list_dead("default") == []

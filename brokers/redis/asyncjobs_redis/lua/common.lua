@@ -3,15 +3,16 @@
 --   ready (list of handles), sched (zset handle -> due ms), lease (zset handle -> deadline ms),
 --   jobs (hash handle -> body), tok (hash handle -> lease token), dc (hash handle -> deliveries),
 --   ts (hash handle -> ms it became ready), wake (list: a signal for blocked fetchers),
---   uniques (hash handle -> the unique key it holds, for jobs enqueued with one).
+--   uniques (hash handle -> the unique key it holds, for jobs enqueued with one),
+--   missing (hash handle -> ms a handle was first found ready without a body).
 -- Times are the server's clock in milliseconds, so every consumer compares against one clock.
-local N_KEYS = 9
+local N_KEYS = 10
 local CHUNK = 1000
 
 local function qkeys(qi)
   local b = (qi - 1) * N_KEYS
   return KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6], KEYS[b + 7], KEYS[b + 8],
-    KEYS[b + 9]
+    KEYS[b + 9], KEYS[b + 10]
 end
 
 local function now_ms()

@@ -10,9 +10,13 @@
 -- The leases taken are kept in the record for a lease length. A replayed request whose record
 -- is there gets those of its leases back that it still holds (deadline renewed, delivery count
 -- unchanged: a lost reply uses up no attempt), and leases nothing new.
+-- A handle found ready without a body (pushed before its body was written, or its body deleted)
+-- is looked at again every GRACE_STEP ms, its body may be on its way; after GRACE ms it is
+-- leased with delivery count 0 and an empty body, for the consumer to dead-letter it.
 -- Returns {ms until the next scheduled job or lease deadline (-1: none known; only looked up
 -- when nothing was taken), taken, then per delivery: queue index, handle, token, delivery
--- count, body}.
+-- count (0: no body), body}.
+local GRACE, GRACE_STEP = 2000, 250
 local nq, want, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local prefix, seq, replay, budget = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local record = KEYS[nq * N_KEYS + 1]
@@ -32,8 +36,8 @@ if replay > 0 then
       out[#out + 1] = qi
       out[#out + 1] = handle
       out[#out + 1] = token
-      out[#out + 1] = tonumber(redis.call('HGET', dc, handle))
-      out[#out + 1] = redis.call('HGET', jobs, handle)
+      out[#out + 1] = tonumber(redis.call('HGET', dc, handle)) or 0
+      out[#out + 1] = redis.call('HGET', jobs, handle) or ''
       got = got + 1
     end
   end
@@ -56,7 +60,7 @@ local function earliest(zset)
 end
 
 for qi = 1, nq do
-  local ready, sched, lease, jobs, tok, dc, ts, wake = qkeys(qi)
+  local ready, sched, lease, jobs, tok, dc, ts, wake, _, missing = qkeys(qi)
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, CHUNK)
   if #due > 0 then
     local handles, since = {}, {}
@@ -97,16 +101,33 @@ for qi = 1, nq do
       local bodies = hmget(jobs, taken)
       local deadline = now + lease_ms
       local tokens, deadlines = {}, {}
+      local waiting = redis.call('HLEN', missing) > 0
       for i = 1, #taken do
-        local handle, body = taken[i], bodies[i]
+        local handle, body, count = taken[i], bodies[i], 0
         if body then
+          count = redis.call('HINCRBY', dc, handle, 1)
+          if waiting then redis.call('HDEL', missing, handle) end
+        else
+          local first = tonumber(redis.call('HGET', missing, handle))
+          if not first then
+            first = now
+            redis.call('HSET', missing, handle, now)
+          end
+          if now - first < GRACE then
+            redis.call('ZADD', sched, now + GRACE_STEP, handle)
+            count = -1
+          else
+            redis.call('HDEL', missing, handle)
+            body = ''
+          end
+        end
+        if count >= 0 then
           seq = seq + 1
           local token = prefix .. seq
           tokens[#tokens + 1] = handle
           tokens[#tokens + 1] = token
           deadlines[#deadlines + 1] = deadline
           deadlines[#deadlines + 1] = handle
-          local count = redis.call('HINCRBY', dc, handle, 1)
           out[#out + 1] = qi
           out[#out + 1] = handle
           out[#out + 1] = token
@@ -117,7 +138,6 @@ for qi = 1, nq do
           leased_here[#leased_here + 1] = handle
           leased_here[#leased_here + 1] = token
         end
-        -- a handle without a body cannot be delivered: it was removed by an operator; drop it
       end
       chunked('HDEL', ts, taken)
       chunked('HSET', tok, tokens)
