@@ -10,7 +10,6 @@ import math
 import secrets
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,44 +19,19 @@ from redis.exceptions import RedisError
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, OutgoingJob, QueueStats
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
-from asyncjobs.errors import BrokerError, BrokerURLError
+from asyncjobs.errors import BrokerError, PayloadTooLargeError
 from asyncjobs_redis.consumer import RedisConsumer
 from asyncjobs_redis.errors import broker_errors
 from asyncjobs_redis.keys import QueueKeys, queue_keys
 from asyncjobs_redis.scripts import Scripts
+from asyncjobs_redis.url import parse_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "asyncjobs"
-DEFAULT_SOCKET_TIMEOUT = 10.0
-DEFAULT_FETCH_BYTES = 8 * 1024 * 1024  # bodies per fetch reply, at most (but always one job)
 ENQUEUE_CHUNK = 500  # jobs per script call: bounds one call's size and the server's time in it
+ENQUEUE_BYTES = 64 * 1024 * 1024  # bodies per script call, at most (but always one job)
+MAX_VALUE = 512 * 1024 * 1024  # the largest value a Redis server takes (proto-max-bulk-len)
 MIN_SERVER = (6, 2)  # LPOP with a count
-
-
-def _split_url(url: str) -> tuple[str, str, float, int]:
-    """The client URL (without our own parameters), the key prefix, the socket timeout and the fetch budget."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise BrokerURLError(f"not a Redis URL: {url!r}; expected redis://host:6379/0 or rediss://...")
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in params if k == "prefix"), DEFAULT_PREFIX)
-    if not prefix or any(c in prefix for c in "{}"):
-        raise BrokerURLError(f"prefix={prefix!r} in {url!r}: use a non-empty name without braces")
-    timeout_text = next((v for k, v in params if k == "socket_timeout"), None)
-    try:
-        timeout = DEFAULT_SOCKET_TIMEOUT if timeout_text is None else float(timeout_text)
-    except ValueError:
-        raise BrokerURLError(f"socket_timeout={timeout_text!r} in {url!r} is not a number of seconds") from None
-    budget_text = next((v for k, v in params if k == "fetch_bytes"), None)
-    try:
-        budget = DEFAULT_FETCH_BYTES if budget_text is None else int(budget_text)
-        if budget < 1:
-            raise ValueError(budget)
-    except ValueError:
-        raise BrokerURLError(f"fetch_bytes={budget_text!r} in {url!r} is not a positive number of bytes") from None
-    rest = [(k, v) for k, v in params if k not in ("prefix", "fetch_bytes")]
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout, budget
 
 
 async def _warn_if_evicting(client: Redis) -> None:
@@ -100,7 +74,9 @@ class RedisBroker:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
         self.url = url
-        self._client_url, self.prefix, self.socket_timeout, self.fetch_bytes = _split_url(url)
+        parsed = parse_url(url)
+        self._client_url, self.prefix = parsed.client_url, parsed.prefix
+        self.socket_timeout, self.fetch_bytes = parsed.socket_timeout, parsed.fetch_bytes
         self._client: Redis | None = None
         self._scripts: Scripts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,11 +158,21 @@ class RedisBroker:
         return self._client, self._scripts
 
     async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
-        """Store every job (one script call per 500 jobs); a taken unique key gives ``False``."""
+        """Store every job (one script call per 500 jobs or 64 MiB); a taken unique key gives ``False``.
+
+        A body over 512 MiB, more than a Redis server takes, raises
+        :class:`~asyncjobs.errors.PayloadTooLargeError` before anything is sent.
+        """
+        for job in jobs:
+            if len(job.body) > MAX_VALUE:
+                raise PayloadTooLargeError(
+                    f"redis: job {job.id!r} is {len(job.body)} bytes, too large: a Redis server takes "
+                    f"at most {MAX_VALUE} bytes (512 MiB) per value; nothing was enqueued"
+                )
         _, scripts = await self.client()
         stored: list[bool] = []
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            keys, args = self._enqueue_call(jobs[start : start + ENQUEUE_CHUNK])
+        for chunk in _chunks(jobs):
+            keys, args = self._enqueue_call(chunk)
             with broker_errors("enqueue"):
                 reply = await scripts.enqueue(keys=keys, args=args)
             stored.extend(bool(r) for r in reply)
@@ -278,6 +264,20 @@ class RedisBroker:
         with broker_errors("purge dead letters"):
             count = await scripts.purge(keys=self.keys(queue).dead[:3], args=list(dead_ids or ()))
         return int(count)
+
+
+def _chunks(jobs: Sequence[OutgoingJob]) -> list[Sequence[OutgoingJob]]:
+    """``jobs`` in runs of at most ENQUEUE_CHUNK jobs and ENQUEUE_BYTES of bodies (at least one job each)."""
+    out: list[Sequence[OutgoingJob]] = []
+    start, size = 0, 0
+    for i, job in enumerate(jobs):
+        if i > start and (i - start >= ENQUEUE_CHUNK or size + len(job.body) > ENQUEUE_BYTES):
+            out.append(jobs[start:i])
+            start, size = i, 0
+        size += len(job.body)
+    if start < len(jobs):
+        out.append(jobs[start:])
+    return out
 
 
 async def _newest_repeat(client: Redis, dead_key: str, job_id: str) -> str | None:
