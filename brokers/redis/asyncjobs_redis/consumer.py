@@ -64,7 +64,7 @@ class RedisConsumer:
         self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
         self._closed = False
         self._requests = Requests(self._token_prefix + "r")
-        # The fetch whose reply has not been read (name, record key, queue order, keys), if any.
+        # The fetch whose call failed, so its reply may be lost (name, record key, queue order, keys).
         self._unread: tuple[str, str, list[str], list[str]] | None = None
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
@@ -99,8 +99,9 @@ class RedisConsumer:
     async def _take(self, room: int, *, resend_only: bool = False) -> tuple[list[Delivery], int]:
         """One fetch script call; a fetch whose reply was lost is sent again first, under its name."""
         client, scripts = await self._broker.client()
-        if self._unread is not None:
-            name, record, order, keys = self._unread
+        unread, self._unread = self._unread, None  # taken: a concurrent fetch does not resend it too
+        if unread is not None:
+            name, record, order, keys = unread
             replay = 2 if resend_only else 1
         elif resend_only:
             return [], -1
@@ -113,11 +114,13 @@ class RedisConsumer:
         until = monotonic() + self._lease_ms / 1000
         budget = self._broker.fetch_bytes
         args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start, replay, budget]
-        self._unread = (name, record, order, keys)  # until its reply is read
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
-        with anyio.CancelScope(shield=True), broker_errors("fetch"):
-            reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
-        self._unread = None
+        try:
+            with anyio.CancelScope(shield=True), broker_errors("fetch"):
+                reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
+        except Exception:
+            self._unread = (name, record, order, keys)  # it may have run: the next fetch sends it again
+            raise
         out: list[Delivery] = []
         bad: list[tuple[Delivery, str]] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):

@@ -161,3 +161,28 @@ async def test_a_worker_through_a_connection_cutting_proxy_runs_every_job_and_bu
     said_again = [r.getMessage() for r in caplog.records if "it will run again" in r.getMessage()]
     ran_again = {i for i, count in runs.items() if count > 1}
     assert len(said_again) <= len(ran_again), f"logged 'it will run again' {len(said_again)} times: {said_again[:3]}"
+
+
+async def test_a_consumer_closed_after_a_lost_fetch_reply_gives_those_jobs_back_uncounted(
+    prefix: str, proxy: TcpProxy
+) -> None:
+    direct = RedisBroker(f"{REDIS_URL}?prefix={prefix}")
+    slow = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=0.4")
+    consumer = await slow.consumer(["q"], prefetch=10, lease_seconds=30)
+    assert await consumer.fetch(5, 0.0) == []  # the script is loaded on the server now
+    await direct.enqueue(jobs(3))
+    proxy.delay = 0.5
+    with pytest.raises(BrokerConnectionError):
+        await consumer.fetch(5, 0.0)
+    with anyio.fail_after(5):
+        while await in_flight(prefix) < 3:  # noqa: ASYNC110 - polls the server
+            await anyio.sleep(0.05)
+    proxy.delay = 0.0
+    await consumer.close()
+    await slow.close()
+    assert await in_flight(prefix) == 0, "given back at once, not when the leases end"
+    other = await direct.consumer(["q"], prefetch=10, lease_seconds=30)
+    got = await other.fetch(10, 0.0)
+    assert [d.delivery_count for d in got] == [1, 1, 1]
+    await other.close()
+    await direct.close()
