@@ -297,4 +297,9 @@ def _dead_letter(queue: str, dead_id: bytes, body: bytes, info: bytes) -> DeadLe
         doc = json.loads(info)
     except ValueError:
         doc = {"reason": "unknown", "error_message": "the stored dead-letter info is not JSON"}
-    return DeadLetter(dead_id.decode(), queue, body, DeadLetterInfo.from_json(doc if isinstance(doc, dict) else {}))
+    return DeadLetter(
+        dead_id.decode(errors="backslashreplace"),
+        queue,
+        body,
+        DeadLetterInfo.from_json(doc if isinstance(doc, dict) else {}),
+    )
