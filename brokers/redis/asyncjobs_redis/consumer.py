@@ -51,21 +51,21 @@ class RedisConsumer:
         self._prefetch = prefetch
         self._lease_ms = max(math.ceil(lease_seconds * 1000), 1)
         # Each fetch starts with the next queue, so a backlog in one does not starve the others.
+        self._token_prefix = secrets.token_hex(6) + "-"
         self._turns = [
-            (order, [key for queue in order for key in broker.keys(queue).job])
+            (order, [key for queue in order for key in broker.keys(queue).job], self._record(order[0], "fetch"))
             for order in (queues[turn:] + queues[:turn] for turn in range(len(queues)))
         ]
         self._turn = 0
         self._wake = [broker.keys(queue).wake for queue in queues]
-        self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = 0
         # By token: the leases this consumer holds and until when (local clock) it last knew so.
         self._held: dict[str, tuple[Delivery, float]] = {}
         self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
         self._closed = False
         self._requests = Requests(self._token_prefix + "r")
-        # The fetch whose call failed, so its reply may be lost (name, record key, queue order, keys).
-        self._unread: tuple[str, str, list[str], list[str]] | None = None
+        # The fetch whose call failed, so its reply may be lost: (name, its turn).
+        self._unread: tuple[str, int] | None = None
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         """Lease up to ``max_count`` jobs, waiting on the server up to ``wait_seconds`` for one."""
@@ -85,6 +85,10 @@ class RedisConsumer:
             await self._block(min(block, self._max_block))
         return []
 
+    def _record(self, queue: str, kind: str) -> str:
+        """This consumer's record key for ``kind`` (fetch, ack) calls whose keys start with ``queue``."""
+        return self._broker.keys(queue).request(f"{self._token_prefix}{kind}")
+
     def _room(self, max_count: int) -> int:
         """How many leases may be taken now; leases whose deadline passed do not count."""
         if len(self._held) >= self._prefetch:
@@ -101,25 +105,24 @@ class RedisConsumer:
         client, scripts = await self._broker.client()
         unread, self._unread = self._unread, None  # taken: a concurrent fetch does not resend it too
         if unread is not None:
-            name, record, order, keys = unread
-            replay = 2 if resend_only else 1
+            (name, turn), replay = unread, 2 if resend_only else 1
         elif resend_only:
             return [], -1
         else:
-            order, keys = self._turns[self._turn]
-            self._turn = (self._turn + 1) % len(self._turns)
-            name = self._requests.new_name()
-            record, replay = self._broker.keys(order[0]).request(name), 0
+            turn, replay = self._turn, 0
+            self._turn = (turn + 1) % len(self._turns)
+            name, _ = self._requests.name(None)
+        order, keys, record = self._turns[turn]
         start, self._tokens = self._tokens, self._tokens + room
         until = monotonic() + self._lease_ms / 1000
         budget = self._broker.fetch_bytes
-        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start, replay, budget]
+        args: list[Any] = [len(order), room, self._lease_ms, self._token_prefix, start, budget, name, replay]
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
         try:
             with anyio.CancelScope(shield=True), broker_errors("fetch"):
-                reply = await scripts.fetch(keys=[*keys, record, *self._requests.spent()], args=args, client=client)
+                reply = await scripts.fetch(keys=[*keys, record], args=args, client=client)
         except Exception:
-            self._unread = (name, record, order, keys)  # it may have run: the next fetch sends it again
+            self._unread = (name, turn)  # it may have run: the next fetch sends it again under this name
             raise
         out: list[Delivery] = []
         bad: list[tuple[Delivery, str]] = []
@@ -139,8 +142,6 @@ class RedisConsumer:
             out.append(delivery)
         if bad:
             await self._bury(bad)
-        if out or bad:
-            self._requests.answered(name, record, kept=True)
         if len(out) > room:  # a resent fetch brought back more than there is room for now
             with anyio.CancelScope(shield=True):
                 await self.release(out[room:])
@@ -226,20 +227,15 @@ class RedisConsumer:
         _, scripts = await self._broker.client()
         keys, args = self._batch(deliveries)
         sent = tuple(delivery.token for delivery in deliveries)
-        name, record = self._requests.name(sent)
-        if name is None or record is None:
-            name = self._requests.new_name()
-            record, replay = self._broker.keys(deliveries[0].queue).request(name), 0
-        else:
-            replay = 1
-        args[1:1] = [replay, self._lease_ms]
+        name, replay = self._requests.name(sent)
+        args[1:1] = [name, int(replay), self._lease_ms]
+        record = self._record(deliveries[0].queue, "ack")
         try:
             with broker_errors("ack"):
-                reply = await scripts.ack(keys=[*keys, record, *self._requests.spent()], args=args)
+                reply = await scripts.ack(keys=[*keys, record], args=args)
         except BrokerError:
-            self._requests.lost(sent, name, record)
+            self._requests.failed(sent, name)
             raise
-        self._requests.answered(sent, record, kept=True)
         for delivery in deliveries:
             self._held.pop(delivery.token, None)
         return [bool(r) for r in reply]

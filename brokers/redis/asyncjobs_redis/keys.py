@@ -40,9 +40,9 @@ class QueueKeys:
         """The list a blocked fetcher waits on."""
         return self.job[7]
 
-    def request(self, request_id: str) -> str:
-        """The record of one fetch or ack request, kept a lease length so a resend gets the same answer."""
-        return f"{self.tag}:request:{request_id}"
+    def request(self, owner: str) -> str:
+        """What the last fetch or ack call of ``owner`` did, kept a lease length so a resend gets the same answer."""
+        return f"{self.tag}:request:{owner}"
 
     def unique(self, key: str) -> str:
         """The string that holds an enqueue-time unique key while its TTL lasts."""

@@ -1,10 +1,14 @@
 """Requests that may be sent again after a lost reply, under the name they were first sent with.
 
 A fetch or an ack whose reply was lost (the connection dropped, the socket timed out) may have
-run on the server. Each such request carries a name; the script keeps what it did under that
-name for a lease length (see ``lua/common.lua``). The consumer sends the same request again under
-the same name, and the script answers as the first time instead of doing it twice: a fetch gets
-the same leases back (no delivery counted twice), an ack reports the jobs it removed as acked.
+run on the server. Each call carries a request name; the script keeps what it did, with that
+name, in the consumer's record key for a lease length (one key per consumer, kind and first
+queue, overwritten by the next call). The consumer sends the failed request again under the same
+name, and the script answers as the first time instead of doing it twice: a fetch gets the same
+leases back (no delivery counted twice), an ack reports the jobs it removed as acked. When the
+record holds another request's name (a later call overwrote it), the request is carried out
+anew, which is always safe: a resent fetch leases only ready jobs, a resent ack reports as
+removed only the jobs whose tokens still held.
 """
 
 from __future__ import annotations
@@ -13,41 +17,27 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Hashable
 
-MAX_PENDING = 64  # unanswered requests remembered at most (older ones expire on the server)
+MAX_PENDING = 64  # failed requests remembered at most (their records expire on the server)
 
 
 class Requests:
-    """Names requests, remembers the ones whose reply was lost, and the records no longer needed."""
+    """Names requests and remembers the ones whose call failed, to send them again under their name."""
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
         self._numbers = itertools.count(1)
-        self._pending: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()
-        self._spent: list[str] = []
+        self._failed: OrderedDict[Hashable, str] = OrderedDict()
 
-    def name(self, what: Hashable) -> tuple[str | None, str | None]:
-        """The name and record key ``what`` was sent under before its reply was lost; ``(None, None)`` if new."""
-        found = self._pending.get(what)
-        return (None, None) if found is None else found
+    def name(self, what: Hashable) -> tuple[str, bool]:
+        """The name to send ``what`` under, and whether it is a resend of a failed call."""
+        found = self._failed.pop(what, None)
+        if found is not None:
+            return found, True
+        return f"{self._prefix}{next(self._numbers)}", False
 
-    def new_name(self) -> str:
-        """A name no other request of this consumer has."""
-        return f"{self._prefix}{next(self._numbers)}"
-
-    def lost(self, what: Hashable, name: str, record: str) -> None:
-        """``what``'s reply was lost: send it again under ``name`` (its record key is ``record``)."""
-        self._pending[what] = (name, record)
-        self._pending.move_to_end(what)
-        while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
-
-    def answered(self, what: Hashable, record: str, kept: bool) -> None:
-        """``what`` was answered; its record (if the server ``kept`` one) may go with the next request."""
-        self._pending.pop(what, None)
-        if kept:
-            self._spent.append(record)
-
-    def spent(self) -> list[str]:
-        """Record keys to delete with the next request (handed out once)."""
-        out, self._spent = self._spent, []
-        return out
+    def failed(self, what: Hashable, name: str) -> None:
+        """The call sending ``what`` under ``name`` failed: its reply may be lost, send it again so."""
+        self._failed[what] = name
+        self._failed.move_to_end(what)
+        while len(self._failed) > MAX_PENDING:
+            self._failed.popitem(last=False)

@@ -77,13 +77,9 @@ local function held(tok, g, result)
   return out
 end
 
--- Requests that may be sent twice (fetch, ack) carry a record key after the queues' keys: the
--- script keeps what it did there for a lease length, so the same request sent again after a
--- lost reply gets the same answer. Keys after the record are records whose reply arrived: they
--- are no longer needed and go now.
-local function spend(first)
-  for i = first, #KEYS do redis.call('DEL', KEYS[i]) end
-end
+-- Fetch and ack may be sent twice (a lost reply): each call carries a request name, and the
+-- script keeps what it did under the consumer's record key with that name, for a lease length,
+-- so the same request sent again gets the same answer (see resend.py).
 
 -- A job leaves for good (acked or dead): forget which unique key it held; ``free``: also let the
 -- key go, if this job still holds it (a dead job's key may be enqueued again).
