@@ -68,24 +68,16 @@ local function earliest(zset)
   end
 end
 
--- Lease the popped handles of one queue (a body-less one waits out its grace), within the budget;
--- the ones past the budget go back to the front of ready, in order.
+-- Lease the popped handles of one queue (a body-less one waits out its grace).
 local function lease_all(qi, taken)
-  local ready, sched, lease, jobs, tok, dc, ts, _, _, missing = qkeys(qi)
+  local _, sched, lease, jobs, tok, dc, ts, _, _, missing = qkeys(qi)
   local bodies = hmget(jobs, taken)
   local deadline = now + lease_ms
   local tokens, deadlines = {}, {}
   local waiting = redis.call('HLEN', missing) > 0
-  local used = #taken
   for i = 1, #taken do
     local handle, body, count = taken[i], bodies[i], 0
-    if body and #body > budget and got > 0 then
-      used = i - 1
-      budget = 0
-      break
-    end
     if body then
-      budget = budget - #body
       count = redis.call('HINCRBY', dc, handle, 1)
       if waiting then redis.call('HDEL', missing, handle) end
     else
@@ -115,17 +107,29 @@ local function lease_all(qi, taken)
       taken_here[#taken_here + 1] = token
     end
   end
-  for i = #taken, used + 1, -1 do redis.call('LPUSH', ready, taken[i]) end
-  if used < #taken then
-    for i = used + 1, #taken do bodies[i] = nil; taken[i] = nil end
-  end
   chunked('HDEL', ts, taken)
   chunked('HSET', tok, tokens)
   chunked('ZADD', lease, deadlines)
 end
 
+-- How many of the first `most` ready handles fit the byte budget (at least one when nothing was
+-- taken yet); sizes are read without reading the bodies.
+local function within_budget(ready, jobs, most)
+  local n = 0
+  for _, handle in ipairs(redis.call('LRANGE', ready, 0, most - 1)) do
+    local size = redis.call('HSTRLEN', jobs, handle)
+    if size > budget and got + n > 0 then
+      budget = 0
+      break
+    end
+    budget = budget - size
+    n = n + 1
+  end
+  return n
+end
+
 for qi = 1, nq do
-  local ready, sched, lease, _, tok, _, ts, wake = qkeys(qi)
+  local ready, sched, lease, jobs, tok, _, ts, wake = qkeys(qi)
   local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'WITHSCORES', 'LIMIT', 0, CHUNK)
   if #due > 0 then
     local handles, since = {}, {}
@@ -151,8 +155,8 @@ for qi = 1, nq do
     redis.call('HSET', ts, unpack(since))
   end
   if got < want and budget > 0 then
-    local taken = redis.call('LPOP', ready, want - got)
-    if taken then lease_all(qi, taken) end
+    local n = within_budget(ready, jobs, want - got)
+    if n > 0 then lease_all(qi, redis.call('LPOP', ready, n)) end
   end
   if redis.call('LLEN', ready) > 0 then
     signal(wake)
