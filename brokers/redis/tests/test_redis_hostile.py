@@ -114,7 +114,7 @@ async def test_big_jobs_are_fetched_a_byte_budget_at_a_time_and_all_run(
         )
         # One reply of all ten bodies (200 MB) takes longer than this socket timeout; one of 20 MB
         # (the default budget, 8 MiB, is passed with the first body) does not.
-        app = App(RedisBroker(f"{server.url}?socket_timeout=1"))
+        app = App(RedisBroker(f"{server.url}?socket_timeout=1"), max_payload_bytes=64 * mb)  # these are allowed
         sizes: list[int] = []
 
         @app.task(name="big", max_attempts=1)  # a delivery whose reply was lost would dead-letter it
