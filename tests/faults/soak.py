@@ -93,7 +93,13 @@ async def soak(broker: str, workdir: Path, long: bool) -> Report:
         stats = await drained(producer, 30)
         await stop_all(fleet, report, 3)
         rows = await db.rows()
-        dead = {id_key.get(peek_id(d.body) or d.id, d.id) for d in await producer.broker.list_dead("default", limit=total)}
+        letters = await producer.broker.list_dead("default", limit=total + 1000)
+        dead = {id_key.get(peek_id(d.body) or d.id, d.id) for d in letters}
+        odd_letters = [
+            (d.id, peek_id(d.body), d.info.reason, d.info.error_message[:300], len(d.info.history))
+            for d in letters
+            if kind_of(id_key.get(peek_id(d.body) or d.id, d.id)) != "perm"
+        ]
         per = tally(report, set(keys), rows, dead)
         # Done means the run that should succeed finished: flaky and slow ones on their second attempt.
         done = {k for k in keys if any(r.ended is not None and r.attempt >= RUNS[kind_of(k)] for r in per[k])}
@@ -115,6 +121,8 @@ async def soak(broker: str, workdir: Path, long: bool) -> Report:
                 for k in lost[:5]
             ],
             "killed": sorted(killed),
+            "odd_dead_letters": odd_letters[:10],
+            "dead_letters": len(letters),
             "faults": dict(faults),
             "mix": dict(Counter(kind_of(k) for k in keys)),
             "dead_not_perm": sorted(dead - perm)[:10],
