@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar, overload
 
 import anyio
@@ -16,6 +17,7 @@ from asyncjobs.clock import wall_time
 from asyncjobs.dedupe.store import DedupeStore, key_for
 from asyncjobs.envelope import Envelope, new_id
 from asyncjobs.errors import ConfigError, PayloadTooLargeError
+from asyncjobs.lifecycle import Hook, Lifecycle
 from asyncjobs.middleware.chain import Middleware
 from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system, tracing_enabled
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
@@ -26,6 +28,7 @@ BROKER_URL_ENV = "ASYNCJOBS_BROKER_URL"
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[list[bool]]]
 F = TypeVar("F")
+H = TypeVar("H", bound=Hook)
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +74,9 @@ class App:
     on brokers that cannot refuse a duplicate key themselves. ``deterministic_keys=True`` gives
     every call without an explicit key the key :func:`asyncjobs.dedupe.key_for` derives from the
     task name and its arguments, so the same call is not enqueued (nor run) twice.
+
+    ``state`` is a namespace for what the app's startup hooks open (a database pool, a client):
+    handlers reach it as ``asyncjobs.current_job().app.state`` (see :meth:`on_startup`).
     """
 
     def __init__(
@@ -102,6 +108,26 @@ class App:
         self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
         self.max_payload_bytes = max_payload_bytes
         self.default_queue = default_queue
+        self.state = SimpleNamespace()
+        self.lifecycle = Lifecycle()
+
+    def on_startup(self, hook: H) -> H:
+        """Register an ``async def`` of no arguments that every worker runs before its first fetch.
+
+        Keep what it opens on :attr:`state`. Hooks run in the order they were registered; one that
+        raises stops the worker with :class:`~asyncjobs.errors.StartupError` (see
+        :mod:`asyncjobs.lifecycle`).
+        """
+        self.lifecycle.add(self.lifecycle.startup, hook)
+        return hook
+
+    def on_shutdown(self, hook: H) -> H:
+        """Register an ``async def`` of no arguments that every worker runs after its last job is settled.
+
+        Shutdown hooks run in the reverse order of registration, after a startup that succeeded.
+        """
+        self.lifecycle.add(self.lifecycle.shutdown, hook)
+        return hook
 
     @property
     def broker(self) -> Broker:
@@ -183,7 +209,7 @@ class App:
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not handler:
                 raise ConfigError(f"a different task is already registered as {task_name!r}; pass name=...")
-            spec = TaskSpec(task_name, handler, options, inspect.signature(handler))
+            spec = TaskSpec(task_name, handler, options, inspect.signature(handler), app=self)
             self.tasks[task_name] = spec
             return Task(self, spec)
 

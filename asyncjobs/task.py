@@ -44,12 +44,13 @@ class TaskOptions:
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """What the registry keeps of a task: its name, handler, signature and options."""
+    """What the registry keeps of a task: its name, handler, signature and options (and its app)."""
 
     name: str
     fn: Callable[..., Awaitable[Any]]
     options: TaskOptions
     signature: inspect.Signature
+    app: App | None = field(default=None, repr=False, compare=False)  # the app it is registered on
     positional: tuple[int, float] | None = field(init=False, repr=False, compare=False)
     max_attempts: int = field(init=False, repr=False, compare=False)  # the retry policy's, read once per job
 
