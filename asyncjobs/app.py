@@ -232,7 +232,7 @@ class App:
             id=call.job_id or new_id(),
             queue=call.queue or spec.options.queue,
             enqueued_at=now,
-            not_before=now + call.delay if call.delay else None,
+            not_before=call.at if call.at is not None else now + call.delay if call.delay else None,
             timeout=call.timeout,
             key=call.key or (key_for(spec.name, args, kwargs) if self.deterministic_keys else None),
             headers=dict(call.headers or {}),
