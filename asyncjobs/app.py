@@ -19,7 +19,8 @@ from asyncjobs.envelope import Envelope, new_id
 from asyncjobs.errors import ConfigError, PayloadTooLargeError
 from asyncjobs.lifecycle import Hook, Lifecycle
 from asyncjobs.middleware.chain import Middleware
-from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system, tracing_enabled
+from asyncjobs.middleware.messaging import Messaging, messaging_for
+from asyncjobs.middleware.tracing import TracingProducerMiddleware, tracing_enabled
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
 from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
 
@@ -101,8 +102,12 @@ class App:
         self.middleware = list(middleware)
         self.producer_middleware = list(producer_middleware)
         self._tracing: TracingProducerMiddleware | None = None  # outermost; used only while an SDK is set
-        if not any(isinstance(m, TracingProducerMiddleware) for m in self.producer_middleware):
-            self._tracing = TracingProducerMiddleware(system=lambda: messaging_system(self.broker_url))
+        given = [m for m in self.producer_middleware if isinstance(m, TracingProducerMiddleware)]
+        for layer in given:  # completed with what the app knows of its broker
+            if layer.system == "unknown":
+                layer.messaging = self._messaging
+        if not given:
+            self._tracing = TracingProducerMiddleware(messaging=self._messaging)
         self.dedupe = dedupe
         self.deterministic_keys = deterministic_keys
         self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
@@ -128,6 +133,9 @@ class App:
         """
         self.lifecycle.add(self.lifecycle.shutdown, hook)
         return hook
+
+    def _messaging(self) -> Messaging:
+        return messaging_for(self.broker_url)
 
     @property
     def broker(self) -> Broker:
