@@ -235,3 +235,31 @@ async def test_cli_worker_runs_startup_before_and_shutdown_after_its_jobs(tmp_pa
             proc.kill()
             proc.wait(timeout=10)
         await delete_prefix(prefix)
+
+
+async def test_measuring_a_task_runs_the_hooks_and_gives_each_run_a_job_context() -> None:
+    from asyncjobs.sizing import measure
+
+    app = memory_app()
+    events: list[str] = []
+
+    @app.on_startup
+    async def open_pool() -> None:
+        events.append("startup")
+        app.state.pool = Pool()
+
+    @app.on_shutdown
+    async def close_pool() -> None:
+        events.append("shutdown")
+        app.state.pool.open = False
+
+    @app.task(name="sized", queue="reports")
+    async def sized(n: int) -> None:
+        job = asyncjobs.current_job()
+        job.app.state.pool.use(f"{job.task} {job.queue} {n}")
+
+    measured = await measure(sized.spec, [((1,), {}), ((2,), {})], runs=2, concurrency=2, limit=5)
+    assert measured.errors == {}
+    assert len(measured.durations) == 4
+    assert events == ["startup", "shutdown"]
+    assert sorted(app.state.pool.used) == ["sized reports 1"] * 2 + ["sized reports 2"] * 2
