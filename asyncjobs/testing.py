@@ -90,7 +90,7 @@ class RunningWorker:
     async def dead_letters(self) -> list[DeadLetter]:
         """The dead letters of the worker's queues (each with its ``info``: reason, error, attempts).
 
-        Readable after the block too.
+        Readable after the block too, except from a broker given as a URL (closed with the block).
         """
         letters: list[DeadLetter] = []
         for queue in self.queues:
@@ -161,6 +161,9 @@ async def run_worker(
             raise group.exceptions[0] from None
         raise
     finally:
+        if isinstance(broker, str):  # made here from the URL: closed here
+            with anyio.CancelScope(shield=True):
+                await running.broker.close()
         if broker is not None:
             app.use_broker(previous)
     if running._failed:

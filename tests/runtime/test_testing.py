@@ -183,3 +183,31 @@ async def test_run_worker_on_redis() -> None:
         assert (w.stats.done, w.stats.retried) == (3, 3)
     finally:
         await delete_prefix(prefix)
+
+
+@pytest.mark.redis
+async def test_run_worker_on_a_broker_given_by_url_for_the_block() -> None:
+    require_server("redis")
+    pytest.importorskip("asyncjobs_redis")
+    from tests.harness.redis import delete_prefix
+
+    prefix = f"tu{uuid.uuid4().hex[:10]}"
+    url = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    app = App(f"memory://{uuid.uuid4().hex}")
+    own = app.broker
+
+    @app.task(name="redis.ping")
+    async def ping() -> None:
+        pass
+
+    try:
+        async with asyncjobs.testing.run_worker(app, broker=url) as w:
+            assert app.broker_url == url
+            await ping.enqueue()
+            await w.settled()
+            assert (await w.broker.stats("default")).ready == 0
+        assert w.stats.done == 1
+        assert app.broker is own
+        assert (await own.stats("default")).ready == 0  # the job went to Redis
+    finally:
+        await delete_prefix(prefix)
