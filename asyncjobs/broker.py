@@ -278,19 +278,20 @@ _BUILTIN: dict[str, BrokerFactory] = {"memory": _memory_factory}
 
 
 def safe_url(url: str) -> str:
-    """``url`` fit to show: its password replaced by ``***`` (anything that does not parse is shown as ``<url>``)."""
+    """``url`` fit to show: its password replaced by ``***`` (a URL that does not parse is shown as ``<url>``).
+
+    Works on URLs with other faults too (a port that is not a number), so error messages about
+    them can quote the URL without its secret.
+    """
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
-    except ValueError:
+    except (ValueError, TypeError):
         return "<url>"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
 
 
 def scheme_of(url: str) -> str:

@@ -88,6 +88,7 @@ class Worker:
         self.stats = WorkerStats()
         self._middleware = tuple(middleware)
         self._chain: CallNext = invoke  # the whole chain is composed by run(), after the startup hooks
+        self._claim_keepers: list[DedupeMiddleware] = []  # the chain's dedupe layers, set with it
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
         self._hard: anyio.Event | None = None
@@ -102,7 +103,7 @@ class Worker:
         self.ready = threading.Event()
 
     def _build_chain(self) -> CallNext:
-        """Compose the middleware chain (once per run: an OpenTelemetry SDK set by then is used)."""
+        """Compose the middleware chain, noting its dedupe layers (once per run: an OpenTelemetry SDK set by then is used)."""
         app, middleware = self.app, self._middleware
         beat, lease = self.config.heartbeat, self.config.lease_seconds
         dedupe = (
@@ -116,6 +117,7 @@ class Worker:
             for layer in (*middleware, *app.middleware)
         ]
         layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        self._claim_keepers = [layer for layer in layers if isinstance(layer, DedupeMiddleware)]
         return build_chain(layers, invoke)
 
     @property
@@ -163,6 +165,8 @@ class Worker:
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
+                for layer in self._claim_keepers:  # dedupe claims: extended in one call per heartbeat
+                    services.start_soon(layer.keep_claims)
                 services.start_soon(self.stall.run)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -70,6 +71,10 @@ class MemoryDedupeStore:
             until = now + lease_seconds
             self._records[key] = replace(record, lease_until=until, expires_at=max(record.expires_at, until))
             return True
+
+    async def extend_many(self, claims: Sequence[tuple[str, str]], lease_seconds: float) -> list[bool]:
+        """:meth:`extend` of every ``(key, owner)`` pair."""
+        return [await self.extend(key, owner, lease_seconds) for key, owner in claims]
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
         """See :meth:`DedupeStore.complete`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, LiteralString, cast
 
@@ -164,6 +164,28 @@ class PostgresDedupeStore:
                 (lease_seconds, lease_seconds, key, owner),
             )
             return cur.rowcount == 1
+
+    async def extend_many(self, claims: Sequence[tuple[str, str]], lease_seconds: float) -> list[bool]:
+        """:meth:`extend` of every ``(key, owner)`` pair, in one statement."""
+        if not claims:
+            return []
+        pool = await self._connection_pool()
+        rows = ", ".join(["(%s, %s)"] * len(claims))
+        params: list[Any] = [lease_seconds, lease_seconds]
+        for key, owner in claims:
+            params += (key, owner)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                self._sql(
+                    "UPDATE {table} AS t SET lease_until = extract(epoch FROM clock_timestamp()) + %s, "
+                    "expires_at = greatest(t.expires_at, extract(epoch FROM clock_timestamp()) + %s) "
+                    f"FROM (VALUES {rows}) AS v(key, owner) "
+                    "WHERE t.key = v.key AND t.owner = v.owner AND t.status = 'running' RETURNING t.key, t.owner"
+                ),
+                params,
+            )
+            extended = {(row[0], row[1]) for row in await cur.fetchall()}
+        return [(key, owner) in extended for key, owner in claims]
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
         """See :meth:`DedupeStore.complete`."""

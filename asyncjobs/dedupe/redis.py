@@ -8,6 +8,7 @@ two Redis keys share a hash tag, so the layout works on Redis Cluster.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
@@ -71,6 +72,17 @@ class RedisDedupeStore:
     async def extend(self, key: str, owner: str, lease_seconds: float) -> bool:
         """See :meth:`DedupeStore.extend`."""
         return bool(await self._run("extend", key, owner, lease_seconds))
+
+    async def extend_many(self, claims: Sequence[tuple[str, str]], lease_seconds: float) -> list[bool]:
+        """:meth:`extend` of every ``(key, owner)`` pair, in one pipelined round trip."""
+        if not claims:
+            return []
+        script = self._scripts["extend"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, owner in claims:
+                await script(keys=self._keys(key), args=[owner, lease_seconds], client=pipe)
+            replies = await pipe.execute()
+        return [bool(r) for r in replies]
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
         """See :meth:`DedupeStore.complete`."""

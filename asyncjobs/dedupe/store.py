@@ -96,7 +96,12 @@ class DedupeStore(Protocol):
         ...
 
     async def extend(self, key: str, owner: str, lease_seconds: float) -> bool:
-        """Push the claim's lease to now + ``lease_seconds``; ``False`` when ``owner`` lost it."""
+        """Push the claim's lease to now + ``lease_seconds``; ``False`` when ``owner`` lost it.
+
+        A store may also offer ``extend_many(claims, lease_seconds) -> list[bool]`` for a
+        sequence of ``(key, owner)`` pairs in one round trip; the worker's claim keeper uses it
+        when it is there (see :func:`extend_claims`).
+        """
         ...
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
@@ -137,6 +142,14 @@ class DedupeStore(Protocol):
     async def close(self) -> None:
         """Close whatever connections the store opened. Idempotent."""
         ...
+
+
+async def extend_claims(store: DedupeStore, claims: Sequence[tuple[str, str]], lease_seconds: float) -> list[bool]:
+    """Extend every ``(key, owner)`` claim by ``lease_seconds``: one ``extend_many`` call when the store has it."""
+    many = getattr(store, "extend_many", None)
+    if many is not None:
+        return list(await many(claims, lease_seconds))
+    return [await store.extend(key, owner, lease_seconds) for key, owner in claims]
 
 
 def claimable(status: str, owner: str | None, lease_until: float | None, now: float, caller: str) -> bool:

@@ -16,7 +16,15 @@ from opentelemetry import metrics
 
 from asyncjobs import instruments
 from asyncjobs.clock import wall_time
-from asyncjobs.dedupe.store import ActiveClaim, DedupeStore, Status, reset_current_claim, set_current_claim
+from asyncjobs.dedupe.store import (
+    ActiveClaim,
+    DedupeStore,
+    Status,
+    extend_claims,
+    reset_current_claim,
+    set_current_claim,
+)
+from asyncjobs.errors import ConfigError
 from asyncjobs.job import Job, Outcome
 from asyncjobs.middleware.chain import CallNext
 
@@ -68,6 +76,8 @@ class DedupeMiddleware:
         self.lease_seconds = 300.0 if lease_seconds is None else lease_seconds
         self.max_defer_seconds = max_defer_seconds
         self.unavailable_delay = unavailable_delay
+        self._kept: dict[tuple[str, str], Job] = {}  # claims the keeper extends: (key, owner) -> its job
+        self._keepers = 0
 
     def for_worker(self, lease_seconds: float, heartbeat_seconds: float) -> DedupeMiddleware:
         """This layer with a worker's lease and heartbeat wherever it was not given its own.
@@ -120,15 +130,23 @@ class DedupeMiddleware:
             return Outcome("deferred", "running_elsewhere", delay=delay)
         job.state["dedupe"] = "claimed"
         token = set_current_claim(ActiveClaim(self.store, key, owner, ttl))
+        kept = beat > 0 or timeout is None  # else the claim outlasts the job's timeout by itself
+        if kept:
+            if not self._keepers:
+                reset_current_claim(token)
+                await self._record(job, key, owner, ttl, "retrying", "no claim keeper")
+                raise ConfigError(
+                    "DedupeMiddleware extends its claims from keep_claims(), which a Worker runs; "
+                    "run the chain in a Worker (or run keep_claims beside it)"
+                )
+            self._kept[key, owner] = job
         try:
-            if beat > 0 or timeout is None:
-                outcome = await self._run_extended(job, call_next, key, owner, lease, beat or lease / 3)
-            else:
-                outcome = await call_next(job)
+            outcome = await call_next(job)
         except BaseException as exc:  # cancelled (lease lost, shutdown): the next delivery may claim at once
             await self._record(job, key, owner, ttl, "retrying", f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            self._kept.pop((key, owner), None)
             reset_current_claim(token)
         if outcome.kind in ("done", "skipped"):
             await self._record(job, key, owner, ttl, "done", "")
@@ -158,28 +176,35 @@ class DedupeMiddleware:
                     status,
                 )
 
-    async def _run_extended(
-        self, job: Job, call_next: CallNext, key: str, owner: str, lease: float, every: float
-    ) -> Outcome:
-        """Run the rest of the chain while extending the claim every ``every`` seconds."""
+    def _claim_seconds(self) -> float:
+        """How long a claim the keeper extends lasts: the lease, or with heartbeats off lease + grace."""
+        return self.lease_seconds if self.heartbeat_seconds > 0 else self.lease_seconds + self.grace_seconds
 
-        async def keep() -> None:
+    async def keep_claims(self) -> None:
+        """Extend every claim this layer holds, in one store call per heartbeat, until cancelled.
+
+        A :class:`~asyncjobs.Worker` runs it beside its lease heartbeat for each dedupe layer of its
+        chain. The claim of a job whose lease was lost is extended no more: it ends with the
+        lease, so another worker may take the job over.
+        """
+        every = self.heartbeat_seconds if self.heartbeat_seconds > 0 else self.lease_seconds / 3
+        self._keepers += 1
+        try:
             while True:
                 await anyio.sleep(every)
+                items = [(claim, job) for claim, job in self._kept.items() if job.cancel_reason != "lease_lost"]
+                if not items:
+                    continue
                 try:
-                    if not await self.store.extend(key, owner, lease):
-                        log.warning("job %s: claim of key %r was taken over while it runs", job.id, key)
-                        return
+                    results = await extend_claims(self.store, [claim for claim, _ in items], self._claim_seconds())
                 except Exception as exc:
-                    log.warning("job %s: could not extend the claim of key %r: %s", job.id, key, exc)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keep)
-            try:
-                outcome = await call_next(job)
-            finally:
-                tg.cancel_scope.cancel()
-        return outcome
+                    log.warning("could not extend %d dedupe claims: %s", len(items), exc)
+                    continue
+                for ((key, owner), job), ok in zip(items, results, strict=True):
+                    if not ok and self._kept.pop((key, owner), None) is not None:
+                        log.warning("job %s: claim of key %r was taken over while it runs", job.id, key)
+        finally:
+            self._keepers -= 1
 
 
 def _ids(job: Job) -> tuple[str, str, int]:

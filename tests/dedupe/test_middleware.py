@@ -332,3 +332,38 @@ def test_a_dedupe_layer_with_its_own_lease_and_heartbeat_keeps_them() -> None:
     assert own.for_worker(2.0, 0.5) is own
     given_lease = DedupeMiddleware(MemoryDedupeStore(), lease_seconds=600).for_worker(2.0, 0.5)
     assert (given_lease.lease_seconds, given_lease.heartbeat_seconds) == (600, 0.5)
+
+
+async def test_the_claims_of_running_jobs_are_extended_together_once_per_heartbeat() -> None:
+    """One store call per heartbeat for every claim a worker holds, not one per job."""
+
+    class Counting(MemoryDedupeStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[int] = []
+            self.singles = 0
+
+        async def extend(self, key: str, owner: str, lease_seconds: float) -> bool:
+            self.singles += 1
+            return await super().extend(key, owner, lease_seconds)
+
+        async def extend_many(self, claims, lease_seconds):  # type: ignore[no-untyped-def]
+            self.batches.append(len(claims))
+            return [await MemoryDedupeStore.extend(self, k, o, lease_seconds) for k, o in claims]
+
+    store = Counting()
+    app = dedupe_app(store)
+
+    @app.task(name="slow")
+    async def slow(i: int) -> None:
+        await anyio.sleep(1.2)
+
+    for i in range(10):
+        await slow.options(key=f"slow-{i}").enqueue(i)
+    async with running(app, lease_seconds=1.0, heartbeat_seconds=0.25, concurrency=10) as worker:
+        await eventually(lambda: worker.stats.done == 10, within=10)
+    assert store.singles == 0
+    assert store.batches and max(store.batches) == 10, store.batches
+    assert len(store.batches) <= 8, f"about one call per heartbeat over 1.2 s: {store.batches}"
+    for i in range(10):
+        assert (await record_of(app, f"slow-{i}")).status == "done"

@@ -142,3 +142,18 @@ async def test_release_enqueue_forgets_only_a_pending_record(store: DedupeStore)
     record = await store.get("k")
     assert record is not None
     assert record.status == "running"
+
+
+async def test_extend_many_extends_the_claims_still_held_in_one_call(store: DedupeStore) -> None:
+    from asyncjobs.dedupe.store import extend_claims
+
+    await store.claim("k1", "a", lease_seconds=0.3, ttl=TTL)
+    await store.claim("k2", "a", lease_seconds=0.3, ttl=TTL)
+    await store.claim("k3", "b", lease_seconds=0.3, ttl=TTL)
+    assert await store.release("k3", "b", TTL)
+    assert hasattr(store, "extend_many"), "every built-in store batches its extensions"
+    result = await extend_claims(store, [("k1", "a"), ("k2", "a"), ("k3", "b"), ("k2", "x"), ("none", "a")], LEASE)
+    assert result == [True, True, False, False, False]
+    await anyio.sleep(0.5)
+    assert (await store.claim("k1", "c", lease_seconds=LEASE, ttl=TTL)).status == "running", "still held by a"
+    assert await extend_claims(store, [], LEASE) == []

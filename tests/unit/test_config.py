@@ -83,10 +83,37 @@ def test_a_worker_serves_the_queues_of_its_tasks_by_default() -> None:
         ("amqp://[::1]:5672/", "amqp://[::1]:5672/"),
         ("redis://u:p@[::1]:1/0", "redis://u:***@[::1]:1/0"),
         ("memory://", "memory://"),
-        ("redis://:pw@host:notaport/0", "<url>"),
+        ("redis://:pw@host:notaport/0", "redis://:***@host:notaport/0"),
     ],
 )
 def test_a_url_is_never_shown_with_its_password(url: str, shown: str) -> None:
     from asyncjobs.broker import safe_url
 
     assert safe_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("amqp://guest:secret@127.0.0.1:notaport/", "amqp://guest:***@127.0.0.1:notaport/"),
+        ("amqp://guest:p%40ss@[::1]:5672/vh?x=1", "amqp://guest:***@[::1]:5672/vh?x=1"),
+        ("amqp://guest@127.0.0.1/", "amqp://guest@127.0.0.1/"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_safe_url_masks_the_password_even_when_another_part_is_bad(url: str, shown: str) -> None:
+    from asyncjobs.broker import safe_url
+
+    assert safe_url(url) == shown
+    assert "secret" not in safe_url(url)
+
+
+def test_an_amqp_url_with_a_bad_port_is_a_one_line_error_without_the_password() -> None:
+    pytest.importorskip("asyncjobs_rabbitmq")
+    from asyncjobs.broker import from_url
+    from asyncjobs.errors import BrokerURLError
+
+    with pytest.raises(BrokerURLError, match="port") as caught:
+        from_url("amqp://guest:secret@127.0.0.1:notaport/")
+    assert "secret" not in str(caught.value)

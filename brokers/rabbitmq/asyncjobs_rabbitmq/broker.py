@@ -13,7 +13,7 @@ import aio_pika.abc
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats
+from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats, safe_url
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
 from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
@@ -80,7 +80,7 @@ class RabbitBroker:
                     self.options.amqp_url, client_properties={"connection_name": self.options.connection_name}
                 )
             except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
-                raise BrokerConnectionError(f"cannot connect to RabbitMQ ({_hide_password(self.url)}): {exc}") from exc
+                raise BrokerConnectionError(f"cannot connect to RabbitMQ ({safe_url(self.url)}): {exc}") from exc
             transport = connection.transport
             self.server = ServerInfo.from_properties(
                 transport.connection.server_properties if transport is not None else None
@@ -346,13 +346,3 @@ class RabbitBroker:
 def _purged(result: Any) -> int:
     count = getattr(result, "message_count", 0)
     return int(count or 0)
-
-
-def _hide_password(url: str) -> str:
-    options = RabbitOptions.from_url(url)
-    head, _, tail = options.amqp_url.rpartition("@")
-    if not head:
-        return tail
-    scheme, _, creds = head.partition("://")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"

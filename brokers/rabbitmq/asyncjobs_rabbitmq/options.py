@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from asyncjobs.broker import safe_url
 from asyncjobs.errors import BrokerURLError
 
 QUEUE_TYPES = ("quorum", "classic")
@@ -37,7 +38,11 @@ class RabbitOptions:
         """Split ``url`` into the client's URL and this broker's options; bad values raise ``BrokerURLError``."""
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
-            raise BrokerURLError(f"RabbitMQ broker URL must start with amqp:// or amqps://, got {url!r}")
+            raise BrokerURLError(f"RabbitMQ broker URL must start with amqp:// or amqps://, got {safe_url(url)!r}")
+        try:
+            parts.port  # noqa: B018 - it parses the port, or raises
+        except ValueError:
+            raise BrokerURLError(f"the port in the broker URL {safe_url(url)!r} is not a number from 1 to 65535") from None
         ours: dict[str, str] = {}
         rest: list[tuple[str, str]] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):

@@ -10,7 +10,6 @@ import math
 import secrets
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,36 +19,19 @@ from redis.exceptions import RedisError
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, OutgoingJob, QueueStats
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
-from asyncjobs.errors import BrokerError, BrokerURLError
+from asyncjobs.errors import BrokerError, PayloadTooLargeError
 from asyncjobs_redis.consumer import RedisConsumer
 from asyncjobs_redis.errors import broker_errors
 from asyncjobs_redis.keys import QueueKeys, queue_keys
 from asyncjobs_redis.scripts import Scripts
+from asyncjobs_redis.url import parse_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "asyncjobs"
-DEFAULT_SOCKET_TIMEOUT = 10.0
 ENQUEUE_CHUNK = 500  # jobs per script call: bounds one call's size and the server's time in it
+ENQUEUE_BYTES = 64 * 1024 * 1024  # bodies per script call, at most (but always one job)
+MAX_VALUE = 512 * 1024 * 1024  # the largest value a Redis server takes (proto-max-bulk-len)
 MIN_SERVER = (6, 2)  # LPOP with a count
-
-
-def _split_url(url: str) -> tuple[str, str, float]:
-    """The client URL (without our own parameters), the key prefix and the socket timeout."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise BrokerURLError(f"not a Redis URL: {url!r}; expected redis://host:6379/0 or rediss://...")
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in params if k == "prefix"), DEFAULT_PREFIX)
-    if not prefix or any(c in prefix for c in "{}"):
-        raise BrokerURLError(f"prefix={prefix!r} in {url!r}: use a non-empty name without braces")
-    timeout_text = next((v for k, v in params if k == "socket_timeout"), None)
-    try:
-        timeout = DEFAULT_SOCKET_TIMEOUT if timeout_text is None else float(timeout_text)
-    except ValueError:
-        raise BrokerURLError(f"socket_timeout={timeout_text!r} in {url!r} is not a number of seconds") from None
-    rest = [(k, v) for k, v in params if k != "prefix"]
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix, timeout
 
 
 async def _warn_if_evicting(client: Redis) -> None:
@@ -92,7 +74,9 @@ class RedisBroker:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
         self.url = url
-        self._client_url, self.prefix, self.socket_timeout = _split_url(url)
+        parsed = parse_url(url)
+        self._client_url, self.prefix = parsed.client_url, parsed.prefix
+        self.socket_timeout, self.fetch_bytes = parsed.socket_timeout, parsed.fetch_bytes
         self._client: Redis | None = None
         self._scripts: Scripts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,7 +94,10 @@ class RedisBroker:
 
     def new_handle(self, job_id: str | None) -> str:
         """A handle no other stored job has: the job id, ``|``, a per-broker tag and counter."""
-        return f"{job_id or ''}|{self._handle_tag}{next(self._handles):x}"
+        return f"{job_id or ''}|{self._handle_suffix()}"
+
+    def _handle_suffix(self) -> str:
+        return f"{self._handle_tag}{next(self._handles):x}"
 
     def _current(self) -> bool:
         """Whether the pool exists and belongs to the running event loop."""
@@ -171,11 +158,21 @@ class RedisBroker:
         return self._client, self._scripts
 
     async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
-        """Store every job (one script call per 500 jobs); a taken unique key gives ``False``."""
+        """Store every job (one script call per 500 jobs or 64 MiB); a taken unique key gives ``False``.
+
+        A body over 512 MiB, more than a Redis server takes, raises
+        :class:`~asyncjobs.errors.PayloadTooLargeError` before anything is sent.
+        """
+        for job in jobs:
+            if len(job.body) > MAX_VALUE:
+                raise PayloadTooLargeError(
+                    f"redis: job {job.id!r} is {len(job.body)} bytes, too large: a Redis server takes "
+                    f"at most {MAX_VALUE} bytes (512 MiB) per value; nothing was enqueued"
+                )
         _, scripts = await self.client()
         stored: list[bool] = []
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            keys, args = self._enqueue_call(jobs[start : start + ENQUEUE_CHUNK])
+        for chunk in _chunks(jobs):
+            keys, args = self._enqueue_call(chunk)
             with broker_errors("enqueue"):
                 reply = await scripts.enqueue(keys=keys, args=args)
             stored.extend(bool(r) for r in reply)
@@ -222,23 +219,40 @@ class RedisBroker:
         return [_dead_letter(queue, reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
 
     async def get_dead(self, queue: str, dead_id: str) -> DeadLetter | None:
-        """One dead letter by id, or ``None``."""
+        """One dead letter by the id :meth:`list_dead` shows, or ``None``.
+
+        The first dead letter of a job has the job's id; a later one of the same id gets
+        ``ID.N``. A plain job id with no entry of its own finds the newest ``ID.N``.
+        """
         client, _ = await self.client()
-        _, body_key, info_key, _ = self.keys(queue).dead
+        dead_key, body_key, info_key, _ = self.keys(queue).dead
         with broker_errors("get dead letter"):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hget(body_key, dead_id)
-                pipe.hget(info_key, dead_id)
-                body, info = await pipe.execute()
-        return None if body is None else _dead_letter(queue, dead_id.encode(), body, info or b"{}")
+            found = await self._read_dead(client, body_key, info_key, dead_id)
+            if found is None:
+                newest = await _newest_repeat(client, dead_key, dead_id)
+                found = None if newest is None else await self._read_dead(client, body_key, info_key, newest)
+        if found is None:
+            return None
+        return _dead_letter(queue, found[0].encode(), found[1], found[2])
+
+    @staticmethod
+    async def _read_dead(client: Redis, body_key: str, info_key: str, dead_id: str) -> tuple[str, bytes, bytes] | None:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hget(body_key, dead_id)
+            pipe.hget(info_key, dead_id)
+            body, info = await pipe.execute()
+        return None if body is None else (dead_id, body, info or b"{}")
 
     async def replay_dead(self, queue: str, dead_id: str, body: bytes) -> bool:
-        """Swap a dead letter for a ready job with ``body``, atomically. ``False`` if it is gone."""
+        """Swap a dead letter for a ready job with ``body``, atomically. ``False`` if it is gone.
+
+        A body whose id cannot be read keeps the id of the dead letter (without a ``.N``).
+        """
         _, scripts = await self.client()
         keys = self.keys(queue)
         with broker_errors("replay dead letter"):
             done = await scripts.replay(
-                keys=[*keys.job, *keys.dead], args=[dead_id, body, self.new_handle(peek_id(body))]
+                keys=[*keys.job, *keys.dead], args=[dead_id, body, peek_id(body) or "", self._handle_suffix()]
             )
         return bool(done)
 
@@ -252,9 +266,40 @@ class RedisBroker:
         return int(count)
 
 
+def _chunks(jobs: Sequence[OutgoingJob]) -> list[Sequence[OutgoingJob]]:
+    """``jobs`` in runs of at most ENQUEUE_CHUNK jobs and ENQUEUE_BYTES of bodies (at least one job each)."""
+    out: list[Sequence[OutgoingJob]] = []
+    start, size = 0, 0
+    for i, job in enumerate(jobs):
+        if i > start and (i - start >= ENQUEUE_CHUNK or size + len(job.body) > ENQUEUE_BYTES):
+            out.append(jobs[start:i])
+            start, size = i, 0
+        size += len(job.body)
+    if start < len(jobs):
+        out.append(jobs[start:])
+    return out
+
+
+async def _newest_repeat(client: Redis, dead_key: str, job_id: str) -> str | None:
+    """The newest dead letter ``JOB_ID.N`` (``N``: the letter's sequence number), or ``None``."""
+    pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in job_id) + ".*"
+    newest: tuple[float, str] | None = None
+    async for member, seq in client.zscan_iter(dead_key, match=pattern, count=1000):
+        name = member.decode(errors="replace")
+        base, _, n = name.rpartition(".")
+        if base == job_id and n == str(int(seq)) and (newest is None or seq > newest[0]):
+            newest = (seq, name)
+    return None if newest is None else newest[1]
+
+
 def _dead_letter(queue: str, dead_id: bytes, body: bytes, info: bytes) -> DeadLetter:
     try:
         doc = json.loads(info)
     except ValueError:
         doc = {"reason": "unknown", "error_message": "the stored dead-letter info is not JSON"}
-    return DeadLetter(dead_id.decode(), queue, body, DeadLetterInfo.from_json(doc if isinstance(doc, dict) else {}))
+    return DeadLetter(
+        dead_id.decode(errors="backslashreplace"),
+        queue,
+        body,
+        DeadLetterInfo.from_json(doc if isinstance(doc, dict) else {}),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import BrokerError
 from asyncjobs_redis.errors import broker_errors
 from asyncjobs_redis.keys import job_id_of
+from asyncjobs_redis.resend import Requests
 
 if TYPE_CHECKING:
     from asyncjobs_redis.broker import RedisBroker
@@ -34,6 +36,11 @@ class RedisConsumer:
     server (``BLPOP`` of the queues' wake lists), not in a polling loop. ``extend``, ``ack``
     and ``release`` take many leases in one script call; every change is conditional on the
     lease token.
+
+    A fetch or ack whose reply was lost is sent again under the name it first had, and the
+    server answers as it did the first time (see :mod:`asyncjobs_redis.resend`): the leases of a
+    lost fetch reply come with the next fetch, their delivery count unchanged, and an ack that went
+    through is reported acked.
     """
 
     def __init__(self, broker: RedisBroker, queues: list[str], prefetch: int, lease_seconds: float) -> None:
@@ -44,18 +51,21 @@ class RedisConsumer:
         self._prefetch = prefetch
         self._lease_ms = max(math.ceil(lease_seconds * 1000), 1)
         # Each fetch starts with the next queue, so a backlog in one does not starve the others.
+        self._token_prefix = secrets.token_hex(6) + "-"
         self._turns = [
-            (order, [key for queue in order for key in broker.keys(queue).job])
+            (order, [key for queue in order for key in broker.keys(queue).job], self._record(order[0], "fetch"))
             for order in (queues[turn:] + queues[:turn] for turn in range(len(queues)))
         ]
         self._turn = 0
         self._wake = [broker.keys(queue).wake for queue in queues]
-        self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = 0
         # By token: the leases this consumer holds and until when (local clock) it last knew so.
         self._held: dict[str, tuple[Delivery, float]] = {}
         self._max_block = min(MAX_BLOCK, broker.socket_timeout / 2)
         self._closed = False
+        self._requests = Requests(self._token_prefix + "r")
+        # The fetch whose call failed, so its reply may be lost: (name, its turn).
+        self._unread: tuple[str, int] | None = None
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:
         """Lease up to ``max_count`` jobs, waiting on the server up to ``wait_seconds`` for one."""
@@ -75,6 +85,10 @@ class RedisConsumer:
             await self._block(min(block, self._max_block))
         return []
 
+    def _record(self, queue: str, kind: str) -> str:
+        """This consumer's record key for ``kind`` (fetch, ack) calls whose keys start with ``queue``."""
+        return self._broker.keys(queue).request(f"{self._token_prefix}{kind}")
+
     def _room(self, max_count: int) -> int:
         """How many leases may be taken now; leases whose deadline passed do not count."""
         if len(self._held) >= self._prefetch:
@@ -86,24 +100,82 @@ class RedisConsumer:
                     del self._held[token]
         return min(max_count, self._prefetch - len(self._held))
 
-    async def _take(self, room: int) -> tuple[list[Delivery], int]:
+    async def _take(self, room: int, *, resend_only: bool = False) -> tuple[list[Delivery], int]:
+        """One fetch script call; a fetch whose reply was lost is sent again first, under its name."""
         client, scripts = await self._broker.client()
+        unread, self._unread = self._unread, None  # taken: a concurrent fetch does not resend it too
+        if unread is not None:
+            (name, turn), replay = unread, 2 if resend_only else 1
+        elif resend_only:
+            return [], -1
+        else:
+            turn, replay = self._turn, 0
+            self._turn = (turn + 1) % len(self._turns)
+            name, _ = self._requests.name(None)
+        order, keys, record = self._turns[turn]
         start, self._tokens = self._tokens, self._tokens + room
         until = monotonic() + self._lease_ms / 1000
-        args: list[Any] = [len(self._queues), room, self._lease_ms, self._token_prefix, start]
-        order, keys = self._turns[self._turn]
-        self._turn = (self._turn + 1) % len(self._turns)
+        budget = self._broker.fetch_bytes
+        args: list[Any] = [len(order), room, self._lease_ms, self._token_prefix, start, budget, name, replay]
         # Shielded: once the script has leased jobs, their deliveries must reach the caller.
-        with anyio.CancelScope(shield=True), broker_errors("fetch"):
-            reply = await scripts.fetch(keys=keys, args=args, client=client)
+        try:
+            with anyio.CancelScope(shield=True), broker_errors("fetch"):
+                reply = await scripts.fetch(keys=[*keys, record], args=args, client=client)
+        except Exception:
+            self._unread = (name, turn)  # it may have run: the next fetch sends it again under this name
+            raise
         out: list[Delivery] = []
+        bad: list[tuple[Delivery, str]] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
-            qi, raw_handle, raw_token, count, body = reply[i : i + 5]
-            handle, token = raw_handle.decode(), raw_token.decode()
-            delivery = Delivery(order[qi - 1], job_id_of(handle), body, token, count, handle)
+            qi, handle, raw_token, count, body = reply[i : i + 5]
+            token = raw_token.decode()
+            try:
+                job_id = job_id_of(handle)
+            except UnicodeDecodeError:
+                bad.append((Delivery(order[qi - 1], None, body, token, count, handle), "malformed"))
+                continue
+            delivery = Delivery(order[qi - 1], job_id, body, token, count, handle)
+            if count == 0:  # its handle was ready, its body never came
+                bad.append((delivery, "missing_body"))
+                continue
             self._held[token] = (delivery, until)
             out.append(delivery)
+        if bad:
+            await self._bury(bad)
+        if len(out) > room:  # a resent fetch brought back more than there is room for now
+            with anyio.CancelScope(shield=True):
+                await self.release(out[room:])
+            del out[room:]
         return out, int(reply[0])
+
+    async def _bury(self, deliveries: list[tuple[Delivery, str]]) -> None:
+        """Dead-letter jobs written by hand that the worker cannot be given, bodies intact, and log them.
+
+        ``malformed``: the id in the handle is not UTF-8. ``missing_body``: the handle was ready
+        and no body came within the grace the fetch script gives. They never hold up the jobs
+        fetched with them; one that cannot be moved now (the server went away) comes back when its
+        lease ends.
+        """
+        for delivery, reason in deliveries:
+            shown = delivery.handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace") or uuid.uuid4().hex
+            key = self._broker.keys(delivery.queue).job[3]
+            why = (
+                "the id in its handle is not UTF-8"
+                if reason == "malformed"
+                else f"its handle was ready but no body was stored under it in {key}"
+            )
+            message = f"job with handle {delivery.handle!r}: {why}"
+            info = DeadLetterInfo(
+                reason, "EnvelopeError", message, attempts=delivery.delivery_count, failed_at=wall_time()
+            )
+            try:
+                with anyio.CancelScope(shield=True):
+                    moved = await self._dead_letter(delivery, info, shown)
+            except BrokerError as exc:
+                log.error("%s; it could not be dead-lettered (%s)", message, exc)
+                continue
+            if moved:
+                log.error("%s; dead-lettered as %s under id %r", message, reason, shown)
 
     async def _block(self, seconds: float) -> None:
         """Wait on the server until a job may be ready (a wake signal) or ``seconds`` pass."""
@@ -145,13 +217,25 @@ class RedisConsumer:
         return result
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Remove finished jobs whose lease is still held, in one script call."""
+        """Remove finished jobs whose lease is still held, in one script call.
+
+        The same deliveries acked again after a connection error are the same request sent
+        again: the jobs the first call removed are reported acked.
+        """
         if not deliveries:
             return []
         _, scripts = await self._broker.client()
         keys, args = self._batch(deliveries)
-        with broker_errors("ack"):
-            reply = await scripts.ack(keys=keys, args=args)
+        sent = tuple(delivery.token for delivery in deliveries)
+        name, replay = self._requests.name(sent)
+        args[1:1] = [name, int(replay), self._lease_ms]
+        record = self._record(deliveries[0].queue, "ack")
+        try:
+            with broker_errors("ack"):
+                reply = await scripts.ack(keys=[*keys, record], args=args)
+        except BrokerError:
+            self._requests.failed(sent, name)
+            raise
         for delivery in deliveries:
             self._held.pop(delivery.token, None)
         return [bool(r) for r in reply]
@@ -168,14 +252,16 @@ class RedisConsumer:
 
     async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
         """Move the leased job, body intact, to the dead letters of its queue (kept under its job id)."""
+        done = await self._dead_letter(delivery, info, delivery.job_id or uuid.uuid4().hex)
+        self._held.pop(delivery.token, None)
+        return done
+
+    async def _dead_letter(self, delivery: Delivery, info: DeadLetterInfo, dead_id: str) -> bool:
         _, scripts = await self._broker.client()
         keys = self._broker.keys(delivery.queue)
-        dead_id = delivery.job_id or uuid.uuid4().hex
         args = [delivery.handle, delivery.token, dead_id, json.dumps(info.to_json(), default=str)]
         with broker_errors("dead-letter"):
-            done = await scripts.dead_letter(keys=[*keys.job, *keys.dead], args=args)
-        self._held.pop(delivery.token, None)
-        return bool(done)
+            return bool(await scripts.dead_letter(keys=[*keys.job, *keys.dead], args=args))
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Give leased jobs back to the front of ready at once; the delivery does not count."""
@@ -191,6 +277,9 @@ class RedisConsumer:
     async def close(self) -> None:
         """Stop fetching and give back every lease still held; a failure is logged (they expire)."""
         self._closed = True
+        if self._unread is not None:  # a fetch whose reply was lost: take its leases to give them back
+            with contextlib.suppress(BrokerError):
+                await self._take(self._prefetch, resend_only=True)
         held, self._held = [delivery for delivery, _ in self._held.values()], {}
         if not held:
             return

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-JOB_SUFFIXES = ("ready", "scheduled", "leased", "jobs", "tokens", "deliveries", "ready_since", "wake")
+JOB_SUFFIXES = (
+    "ready",
+    "scheduled",
+    "leased",
+    "jobs",
+    "tokens",
+    "deliveries",
+    "ready_since",
+    "wake",
+    "uniques",
+    "missing",
+)
 """Per-queue job keys, in the order every script receives them (see ``lua/common.lua``)."""
 
 DEAD_SUFFIXES = ("dead", "dead:body", "dead:info", "dead:seq")
@@ -27,7 +38,11 @@ class QueueKeys:
     @property
     def wake(self) -> str:
         """The list a blocked fetcher waits on."""
-        return self.job[-1]
+        return self.job[7]
+
+    def request(self, owner: str) -> str:
+        """What the last fetch or ack call of ``owner`` did, kept a lease length so a resend gets the same answer."""
+        return f"{self.tag}:request:{owner}"
 
     def unique(self, key: str) -> str:
         """The string that holds an enqueue-time unique key while its TTL lasts."""
@@ -45,6 +60,10 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
     )
 
 
-def job_id_of(handle: str) -> str | None:
-    """The job id a stored job's handle (``JOB_ID|UNIQUE``) carries; ``None`` when it had none."""
-    return handle.rpartition("|")[0] or None
+def job_id_of(handle: bytes) -> str | None:
+    """The job id a stored job's handle (``JOB_ID|UNIQUE``) carries; ``None`` when it had none.
+
+    Raises :class:`UnicodeDecodeError` when the id is not UTF-8 (a handle written by hand): that job
+    cannot be named, and is dead-lettered as malformed by the consumer.
+    """
+    return handle.rpartition(b"|")[0].decode() or None

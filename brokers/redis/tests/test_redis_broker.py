@@ -61,6 +61,8 @@ def test_url_scheme_finds_the_broker_with_its_prefix_and_db() -> None:
         ("redis://127.0.0.1:6379/0?prefix=", "prefix"),
         ("redis://127.0.0.1:6379/0?prefix=a{b", "braces"),
         ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+        ("redis://127.0.0.1:6379/0?fetch_bytes=0", "fetch_bytes"),
+        ("redis://127.0.0.1:6379/0?fetch_bytes=lots", "fetch_bytes"),
         ("memcached://127.0.0.1", "not a Redis URL"),
     ],
 )
@@ -155,7 +157,7 @@ async def test_unreadable_body_is_delivered_byte_for_byte_without_an_id(broker: 
     assert dead.body == raw
     assert await broker.replay_dead("q", dead.id, raw)
     [replayed] = await consumer.fetch(1, 1.0)
-    assert (replayed.body, replayed.job_id) == (raw, None)
+    assert (replayed.body, replayed.job_id) == (raw, dead.id), "it keeps the id it had"
 
 
 async def test_stats_report_the_age_of_the_oldest_ready_job(broker: RedisBroker) -> None:

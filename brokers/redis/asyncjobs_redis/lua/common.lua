@@ -2,14 +2,17 @@
 -- A queue's job keys arrive as KEYS in this order, N_KEYS per queue:
 --   ready (list of handles), sched (zset handle -> due ms), lease (zset handle -> deadline ms),
 --   jobs (hash handle -> body), tok (hash handle -> lease token), dc (hash handle -> deliveries),
---   ts (hash handle -> ms it became ready), wake (list: a signal for blocked fetchers).
+--   ts (hash handle -> ms it became ready), wake (list: a signal for blocked fetchers),
+--   uniques (hash handle -> the unique key it holds, for jobs enqueued with one),
+--   missing (hash handle -> ms a handle was first found ready without a body).
 -- Times are the server's clock in milliseconds, so every consumer compares against one clock.
-local N_KEYS = 8
+local N_KEYS = 10
 local CHUNK = 1000
 
 local function qkeys(qi)
   local b = (qi - 1) * N_KEYS
-  return KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6], KEYS[b + 7], KEYS[b + 8]
+  return KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6], KEYS[b + 7], KEYS[b + 8],
+    KEYS[b + 9], KEYS[b + 10]
 end
 
 local function now_ms()
@@ -72,4 +75,29 @@ local function held(tok, g, result)
     end
   end
   return out
+end
+
+-- Fetch and ack may be sent twice (a lost reply): each call carries a request name, and the
+-- script keeps what it did under the consumer's record key with that name, for a lease length,
+-- so the same request sent again gets the same answer (see resend.py).
+
+-- A job leaves for good (acked or dead): forget which unique key it held; ``free``: also let the
+-- key go, if this job still holds it (a dead job's key may be enqueued again).
+local function drop_unique(uniques, handle, free)
+  local key = redis.call('HGET', uniques, handle)
+  if key then
+    redis.call('HDEL', uniques, handle)
+    if free and redis.call('GET', key) == handle then redis.call('DEL', key) end
+  end
+end
+
+-- Move a job's body to the dead letters under dead_id (``ID.N`` when ``ID`` is taken: a job id
+-- dead twice keeps both letters), with its info. Returns the id it got.
+local function bury(dead, dead_body, dead_info, dead_seq, dead_id, body, info)
+  local seq = redis.call('INCR', dead_seq)
+  if redis.call('ZSCORE', dead, dead_id) then dead_id = dead_id .. '.' .. seq end
+  redis.call('ZADD', dead, seq, dead_id)
+  redis.call('HSET', dead_body, dead_id, body)
+  redis.call('HSET', dead_info, dead_id, info)
+  return dead_id
 end

@@ -8,7 +8,7 @@ local next_unique = nq * N_KEYS + 1
 local result = {}
 local per_queue = {}
 for qi = 1, nq do
-  per_queue[qi] = {ready = {}, bodies = {}, since = {}, sched = {}}
+  per_queue[qi] = {ready = {}, bodies = {}, since = {}, sched = {}, uniques = {}}
 end
 for i = 2, #ARGV, 5 do
   local qi, handle, body = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
@@ -17,7 +17,11 @@ for i = 2, #ARGV, 5 do
   if ttl > 0 then
     local ukey = KEYS[next_unique]
     next_unique = next_unique + 1
-    if not redis.call('SET', ukey, handle, 'NX', 'PX', ttl) then
+    if redis.call('SET', ukey, handle, 'NX', 'PX', ttl) then
+      local u = per_queue[qi].uniques
+      u[#u + 1] = handle
+      u[#u + 1] = ukey
+    else
       stored = 0
     end
   end
@@ -37,9 +41,10 @@ for i = 2, #ARGV, 5 do
   result[#result + 1] = stored
 end
 for qi = 1, nq do
-  local ready, sched, _, jobs, _, _, ts, wake = qkeys(qi)
+  local ready, sched, _, jobs, _, _, ts, wake, uniques = qkeys(qi)
   local q = per_queue[qi]
   chunked('HSET', jobs, q.bodies)
+  chunked('HSET', uniques, q.uniques)
   chunked('ZADD', sched, q.sched)
   if #q.ready > 0 then
     chunked('RPUSH', ready, q.ready)

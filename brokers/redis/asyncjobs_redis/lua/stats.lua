@@ -16,4 +16,4 @@ if due > 0 then
   age = math.max(age, now - tonumber(head[2]))
 end
 return {n_ready + due + expired, redis.call('ZCARD', sched) - due, redis.call('ZCARD', lease) - expired,
-        redis.call('ZCARD', KEYS[9]), age}
+        redis.call('ZCARD', KEYS[N_KEYS + 1]), age}
