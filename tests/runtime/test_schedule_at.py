@@ -1,4 +1,4 @@
-"""``task.options(at=datetime)``: a job held back until a wall-clock time, on memory:// and redis://."""
+"""``task.options(at=datetime)``: a job held back until a wall-clock time, on every broker."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from tests.runtime.helpers import eventually, running
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "rabbitmq"])
 async def scheduled_app(request: pytest.FixtureRequest) -> AsyncIterator[App]:
     """An app on a fresh namespace of each broker that schedules by wall time."""
     name: str = request.param
-    if name == "redis":
-        require_server("redis")
+    if name != "memory":
+        require_server(name)
     if name not in harnesses():
         pytest.skip(f"{name} broker package not installed")
     async with harnesses()[name](f"t{uuid.uuid4().hex[:12]}") as broker:
