@@ -43,12 +43,12 @@ _POLL = 0.01  # seconds between two looks at the broker while waiting for jobs t
 class RunningWorker:
     """The worker :func:`run_worker` runs; wait with :meth:`settled`, then look at :attr:`stats`."""
 
-    def __init__(self, app: App, worker: Worker) -> None:
+    def __init__(self, app: App, worker: Worker, failed: list[BaseException]) -> None:
         self.app = app
         self.worker = worker
         self.broker = worker.broker  # the block's (the app's own broker is restored after it)
         self.queues: tuple[str, ...] = worker.config.queues
-        self._failed: list[BaseException] = []
+        self._failed = failed  # what the worker's run raised, if it did
 
     @property
     def stats(self) -> WorkerStats:
@@ -118,56 +118,66 @@ async def run_worker(
     ``instant_retries``: run retries at once instead of after their backoff. A startup hook that
     fails raises its :class:`~asyncjobs.errors.StartupError` here.
     """
-    previous: str | Broker = app._broker if app._broker is not None else app.broker_url
-    if broker is None and app.broker_url.startswith("memory:"):
-        broker = MemoryBroker(f"memory://testing-{uuid.uuid4().hex}")
-    if broker is not None:
-        app.use_broker(broker)
-    served = tuple(queues) if queues else _queues_of(app)
     config = WorkerConfig(
-        queues=served,
+        queues=tuple(queues) if queues else _queues_of(app),
         concurrency=concurrency,
         lease_seconds=lease_seconds,
         drain_seconds=drain_seconds,
         fetch_wait_seconds=0.1,  # a stop is not held up by a long poll
         shutdown_signals=False,
     )
-    worker = Worker(app, config, middleware=[NoBackoff()] if instant_retries else [])
-    running = RunningWorker(app, worker)
+    previous: str | Broker = app._broker if app._broker is not None else app.broker_url
+    if broker is None and app.broker_url.startswith("memory:"):
+        broker = MemoryBroker(f"memory://testing-{uuid.uuid4().hex}")
+    if broker is not None:
+        app.use_broker(broker)
+    failed: list[BaseException] = []
+    try:
+        worker = Worker(app, config, middleware=[NoBackoff()] if instant_retries else [])
+        running = RunningWorker(app, worker, failed)
+        async with _running(worker, failed, start_timeout):
+            yield running
+    except BaseExceptionGroup as group:  # the test's own failure, not wrapped in the task group's
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        try:
+            made = app._broker if isinstance(broker, str) else None  # made here from the URL: closed here
+            if made is not None:
+                with anyio.CancelScope(shield=True):
+                    await made.close()
+        finally:
+            if broker is not None:
+                app.use_broker(previous)
+    if failed:
+        raise failed[0]
+
+
+@asynccontextmanager
+async def _running(worker: Worker, failed: list[BaseException], start_timeout: float) -> AsyncIterator[None]:
+    """``worker`` running in a task group for the block; what its run raised goes to ``failed``."""
     finished = anyio.Event()
 
     async def serve() -> None:
         try:
             await worker.run()
         except Exception as exc:
-            running._failed.append(exc)
+            failed.append(exc)
         finally:
             finished.set()
 
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            with anyio.fail_after(start_timeout):
-                while not worker.ready.is_set() and not finished.is_set():  # noqa: ASYNC110 - a thread event
-                    await anyio.sleep(_POLL)
-            if running._failed:
-                raise running._failed[0]  # a startup hook failed: the worker never started
-            try:
-                yield running
-            finally:
-                worker.stop()
-    except BaseExceptionGroup as group:  # the test's own failure, not wrapped in the task group's
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        if isinstance(broker, str):  # made here from the URL: closed here
-            with anyio.CancelScope(shield=True):
-                await running.broker.close()
-        if broker is not None:
-            app.use_broker(previous)
-    if running._failed:
-        raise running._failed[0]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        with anyio.fail_after(start_timeout):
+            while not worker.ready.is_set() and not finished.is_set():  # noqa: ASYNC110 - a thread event
+                await anyio.sleep(_POLL)
+        if failed:
+            raise failed[0]  # a startup hook failed: the worker never started
+        try:
+            yield
+        finally:
+            worker.stop()
 
 
 def _queues_of(app: App) -> tuple[str, ...]:

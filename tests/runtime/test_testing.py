@@ -211,3 +211,14 @@ async def test_run_worker_on_a_broker_given_by_url_for_the_block() -> None:
         assert (await own.stats("default")).ready == 0  # the job went to Redis
     finally:
         await delete_prefix(prefix)
+
+
+async def test_a_bad_broker_url_is_an_error_and_the_app_keeps_its_own_broker() -> None:
+    from asyncjobs import BrokerURLError
+
+    app = App(f"memory://{uuid.uuid4().hex}")
+    own = app.broker
+    with pytest.raises(BrokerURLError):
+        async with asyncjobs.testing.run_worker(app, broker="nosuch://x"):
+            pytest.fail("the block must not run")
+    assert app.broker is own
