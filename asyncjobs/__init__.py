@@ -24,9 +24,10 @@ from asyncjobs.errors import (
     PermanentError,
     QueueFullError,
     Retry,
+    StartupError,
     UnknownTaskError,
 )
-from asyncjobs.job import Job, Outcome
+from asyncjobs.job import Job, Outcome, current_job
 from asyncjobs.middleware.chain import CallNext, Middleware, WrappingMiddleware
 from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
@@ -69,6 +70,7 @@ __all__ = [
     "QueueStats",
     "Retry",
     "RetryPolicy",
+    "StartupError",
     "Task",
     "TaskOptions",
     "TracingMiddleware",
@@ -79,6 +81,7 @@ __all__ = [
     "WorkerStats",
     "WrappingMiddleware",
     "current_claim",
+    "current_job",
     "from_url",
     "key_for",
     "run_sync",

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar, overload
 
 import anyio
@@ -16,8 +17,10 @@ from asyncjobs.clock import wall_time
 from asyncjobs.dedupe.store import DedupeStore, key_for
 from asyncjobs.envelope import Envelope, new_id
 from asyncjobs.errors import ConfigError, PayloadTooLargeError
+from asyncjobs.lifecycle import Hook, Lifecycle
 from asyncjobs.middleware.chain import Middleware
-from asyncjobs.middleware.tracing import TracingProducerMiddleware, messaging_system, tracing_enabled
+from asyncjobs.middleware.messaging import Messaging, messaging_for
+from asyncjobs.middleware.tracing import TracingProducerMiddleware, tracing_enabled
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
 from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
 
@@ -26,6 +29,7 @@ BROKER_URL_ENV = "ASYNCJOBS_BROKER_URL"
 
 Publish = Callable[[Sequence[Envelope]], Awaitable[list[bool]]]
 F = TypeVar("F")
+H = TypeVar("H", bound=Hook)
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +75,9 @@ class App:
     on brokers that cannot refuse a duplicate key themselves. ``deterministic_keys=True`` gives
     every call without an explicit key the key :func:`asyncjobs.dedupe.key_for` derives from the
     task name and its arguments, so the same call is not enqueued (nor run) twice.
+
+    ``state`` is a namespace for what the app's startup hooks open (a database pool, a client):
+    handlers reach it as ``asyncjobs.current_job().app.state`` (see :meth:`on_startup`).
     """
 
     def __init__(
@@ -95,13 +102,40 @@ class App:
         self.middleware = list(middleware)
         self.producer_middleware = list(producer_middleware)
         self._tracing: TracingProducerMiddleware | None = None  # outermost; used only while an SDK is set
-        if not any(isinstance(m, TracingProducerMiddleware) for m in self.producer_middleware):
-            self._tracing = TracingProducerMiddleware(system=lambda: messaging_system(self.broker_url))
+        given = [m for m in self.producer_middleware if isinstance(m, TracingProducerMiddleware)]
+        for layer in given:  # completed with what the app knows of its broker
+            if layer.system == "unknown":
+                layer.messaging = self._messaging
+        if not given:
+            self._tracing = TracingProducerMiddleware(messaging=self._messaging)
         self.dedupe = dedupe
         self.deterministic_keys = deterministic_keys
         self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
         self.max_payload_bytes = max_payload_bytes
         self.default_queue = default_queue
+        self.state = SimpleNamespace()
+        self.lifecycle = Lifecycle()
+
+    def on_startup(self, hook: H) -> H:
+        """Register an ``async def`` of no arguments that every worker runs before its first fetch.
+
+        Keep what it opens on :attr:`state`. Hooks run in the order they were registered; one that
+        raises stops the worker with :class:`~asyncjobs.errors.StartupError` (see
+        :mod:`asyncjobs.lifecycle`).
+        """
+        self.lifecycle.add(self.lifecycle.startup, hook)
+        return hook
+
+    def on_shutdown(self, hook: H) -> H:
+        """Register an ``async def`` of no arguments that every worker runs after its last job is settled.
+
+        Shutdown hooks run in the reverse order of registration, after a startup that succeeded.
+        """
+        self.lifecycle.add(self.lifecycle.shutdown, hook)
+        return hook
+
+    def _messaging(self) -> Messaging:
+        return messaging_for(self.broker_url)
 
     @property
     def broker(self) -> Broker:
@@ -183,7 +217,7 @@ class App:
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not handler:
                 raise ConfigError(f"a different task is already registered as {task_name!r}; pass name=...")
-            spec = TaskSpec(task_name, handler, options, inspect.signature(handler))
+            spec = TaskSpec(task_name, handler, options, inspect.signature(handler), app=self)
             self.tasks[task_name] = spec
             return Task(self, spec)
 
@@ -206,7 +240,7 @@ class App:
             id=call.job_id or new_id(),
             queue=call.queue or spec.options.queue,
             enqueued_at=now,
-            not_before=now + call.delay if call.delay else None,
+            not_before=call.at if call.at is not None else now + call.delay if call.delay else None,
             timeout=call.timeout,
             key=call.key or (key_for(spec.name, args, kwargs) if self.deterministic_keys else None),
             headers=dict(call.headers or {}),

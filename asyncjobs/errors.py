@@ -15,6 +15,10 @@ class ConfigError(AsyncJobsError, ValueError):
     """A setting is invalid or contradicts another one; the message names the field and the fix."""
 
 
+class StartupError(AsyncJobsError):
+    """A worker's startup hook raised; the worker stopped before taking any job. The message names the hook."""
+
+
 class BrokerURLError(ConfigError):
     """A broker URL is malformed or names a scheme no installed broker handles."""
 

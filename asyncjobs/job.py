@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+
 from asyncjobs.broker import Delivery
+from asyncjobs.clock import wall_time
 from asyncjobs.envelope import Envelope
+from asyncjobs.errors import AsyncJobsError
 
 if TYPE_CHECKING:
+    from asyncjobs.app import App
     from asyncjobs.attempt import Attempt
     from asyncjobs.task import TaskSpec
 
@@ -42,7 +49,7 @@ class Outcome:
 
 @dataclass(slots=True, eq=False)
 class Job:
-    """One attempt of one job, passed down the middleware chain.
+    """One attempt of one job, passed down the middleware chain; a handler gets it from :func:`current_job`.
 
     ``attempt`` counts every attempt so far including crash redeliveries (1 on the first run).
     ``lease_token`` is the broker's token for this delivery: a handler may use it as a fencing
@@ -99,3 +106,59 @@ class Job:
         extra = self.envelope.extra
         value = extra.get("max_attempts") if extra else None
         return value if isinstance(value, int) and value > 0 else self.spec.max_attempts
+
+    @property
+    def app(self) -> App:
+        """The app the job's task is registered on (its :attr:`App.state <asyncjobs.App.state>` holds
+        what the startup hooks opened)."""
+        app = self.spec.app
+        if app is None:
+            raise AsyncJobsError(f"task {self.task!r} is not registered on an app")
+        return app
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The job's headers, as enqueued (``traceparent`` among them when tracing is on)."""
+        return self.envelope.headers
+
+    @property
+    def key(self) -> str | None:
+        """The job's idempotency key, if it has one."""
+        return self.envelope.key
+
+    @property
+    def deadline(self) -> float | None:
+        """When this attempt's timeout cuts it off, on anyio's clock (``anyio.current_time()``); ``None``
+        without a timeout. A handler budgets its own calls with :meth:`time_left`.
+        """
+        attempt = self._attempt
+        scope = attempt.scope if attempt is not None else None
+        if scope is not None and math.isfinite(scope.deadline):
+            return scope.deadline  # the attempt's own scope carries the timeout
+        timeout = self.timeout
+        if timeout is None:
+            return None
+        # The timeout starts when the attempt does (the chain's first steps only make it earlier).
+        return anyio.current_time() + (self.started_at + timeout - wall_time())
+
+    def time_left(self) -> float:
+        """Seconds until :attr:`deadline` (``math.inf`` without a timeout; may be negative)."""
+        deadline = self.deadline
+        return math.inf if deadline is None else deadline - anyio.current_time()
+
+
+CURRENT: ContextVar[Job] = ContextVar("asyncjobs_current_job")
+"""Set by the worker around each handler call; read with :func:`current_job`."""
+
+
+def current_job() -> Job:
+    """The attempt the calling handler runs in: job id, task, queue, attempt, deadline, headers, app.
+
+    Set by the worker around each handler call (and seen by the tasks the handler starts); outside
+    a job it raises :class:`~asyncjobs.errors.AsyncJobsError`. Shared resources opened by startup
+    hooks are on ``current_job().app.state``.
+    """
+    try:
+        return CURRENT.get()
+    except LookupError:
+        raise AsyncJobsError("current_job() called outside a job (only a handler run by a worker has one)") from None

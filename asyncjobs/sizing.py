@@ -14,13 +14,17 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 
+from asyncjobs.broker import Delivery
+from asyncjobs.envelope import Envelope
 from asyncjobs.errors import ConfigError
+from asyncjobs.job import CURRENT, Job
 from asyncjobs.task import TaskSpec
 
 ROUND_TRIP = 0.05  # seconds: a broker round trip on a bad day, for the lease margin
@@ -262,7 +266,8 @@ async def measure(
 
     Failed runs are counted by error class and their durations kept (a failure costs time too).
     A ticker measures how long the event loop was blocked. ``limit`` (seconds) caps each run so a
-    hung handler cannot hang the measurement.
+    hung handler cannot hang the measurement. The app's startup hooks run first and its shutdown
+    hooks last, and each run sees a job of its own in :func:`~asyncjobs.current_job`, as under a worker.
     """
     result = Measured()
     work = [call for call in calls for _ in range(runs)]
@@ -270,6 +275,9 @@ async def measure(
 
     async def one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         async with limiter:
+            env = Envelope(task=spec.name, args=args, kwargs=kwargs, queue=spec.options.queue, timeout=limit)
+            delivery = Delivery(env.queue, env.id, b"", f"size-{env.id}")
+            token = CURRENT.set(Job(env, delivery, spec, 1, time.time()))
             started = time.perf_counter()
             try:
                 with anyio.fail_after(limit):
@@ -277,6 +285,8 @@ async def measure(
             except Exception as exc:
                 name = type(exc).__name__
                 result.errors[name] = result.errors.get(name, 0) + 1
+            finally:
+                CURRENT.reset(token)
             result.durations.append(time.perf_counter() - started)
             if on_done is not None:
                 on_done()
@@ -288,7 +298,8 @@ async def measure(
             await anyio.sleep(step)
             result.max_stall = max(result.max_stall, time.perf_counter() - before - step)
 
-    async with anyio.create_task_group() as outer:
+    hooks = spec.app.lifecycle.running() if spec.app is not None else nullcontext()
+    async with hooks, anyio.create_task_group() as outer:
         outer.start_soon(ticker)
         async with anyio.create_task_group() as tg:
             for args, kwargs in work:

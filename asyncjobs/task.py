@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from asyncjobs.errors import ConfigError
@@ -44,12 +45,13 @@ class TaskOptions:
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """What the registry keeps of a task: its name, handler, signature and options."""
+    """What the registry keeps of a task: its name, handler, signature and options (and its app)."""
 
     name: str
     fn: Callable[..., Awaitable[Any]]
     options: TaskOptions
     signature: inspect.Signature
+    app: App | None = field(default=None, repr=False, compare=False)  # the app it is registered on
     positional: tuple[int, float] | None = field(init=False, repr=False, compare=False)
     max_attempts: int = field(init=False, repr=False, compare=False)  # the retry policy's, read once per job
 
@@ -86,9 +88,14 @@ def positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
 
 @dataclass(frozen=True, slots=True)
 class CallOptions:
-    """Options of one enqueue call (``None``: the task's default)."""
+    """Options of one enqueue call (``None``: the task's default).
+
+    ``at`` is the wall time (seconds since the epoch) before which the job does not run; ``delay``
+    counts from the enqueue. At most one of them is set.
+    """
 
     delay: float | None = None
+    at: float | None = None
     key: str | None = None
     timeout: float | None = None
     queue: str | None = None
@@ -118,6 +125,7 @@ class Task(Generic[P, R]):
         self,
         *,
         delay: float | None = None,
+        at: datetime | None = None,
         key: str | None = None,
         timeout: float | None = None,
         queue: str | None = None,
@@ -125,15 +133,35 @@ class Task(Generic[P, R]):
         job_id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Task[P, R]:
-        """A handle whose enqueues use these options (per-call overrides of the task's)."""
+        """A handle whose enqueues use these options (per-call overrides of the task's).
+
+        ``delay`` (seconds from the enqueue) or ``at`` (a timezone-aware :class:`~datetime.datetime`)
+        hold the job back until then; a time already past runs it at once. Give one of them, not both.
+        """
         if delay is not None and delay < 0:
             raise ConfigError(f"delay must be >= 0 seconds, got {delay}")
+        if at is not None and delay is not None:
+            raise ConfigError("give either delay= (seconds from now) or at= (a datetime), not both")
+        if at is not None and (not isinstance(at, datetime) or at.utcoffset() is None):
+            raise ConfigError(
+                f"at= must be a timezone-aware datetime, got {at!r}: "
+                "use datetime.now(timezone.utc) + timedelta(...) or a datetime with tzinfo"
+            )
         if max_attempts is not None and max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        changes = {k: v for k, v in locals().items() if k != "self" and v is not None}
-        return Task(self.app, self.spec, replace(self._call, **changes))
+        given = {"key": key, "timeout": timeout, "queue": queue, "max_attempts": max_attempts}
+        changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+        if job_id is not None:
+            changes["job_id"] = job_id
+        if headers is not None:
+            changes["headers"] = headers
+        if delay is not None:  # the latest of delay / at wins on a handle made from another
+            changes.update(delay=delay, at=None)
+        if at is not None:
+            changes.update(at=at.timestamp(), delay=None)
+        return Task(self.app, self.spec, replace(self._call, **changes))  # type: ignore[arg-type]
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
         """Validate the arguments against the handler's signature and enqueue one job."""

@@ -28,7 +28,7 @@ from asyncjobs.errors import (
     PermanentError,
     UnknownTaskError,
 )
-from asyncjobs.job import Job, Outcome
+from asyncjobs.job import CURRENT, Job, Outcome
 from asyncjobs.leases import LeaseKeeper, StallDetector
 from asyncjobs.middleware.chain import CallNext, Middleware, build_chain, not_an_outcome
 from asyncjobs.middleware.dedupe import DedupeMiddleware
@@ -58,7 +58,11 @@ async def invoke(job: Job) -> Outcome:
         call = job.spec.fn(*env.args, **env.kwargs) if env.kwargs else job.spec.fn(*env.args)
     except TypeError as exc:
         raise PermanentError(f"bad arguments for task {env.task!r}: {exc}") from None
-    result = await call
+    token = CURRENT.set(job)  # asyncjobs.current_job() in the handler (and the tasks it starts)
+    try:
+        result = await call
+    finally:
+        CURRENT.reset(token)
     return _DONE if result is None else Outcome("done", "ok", None, 0.0, result)
 
 
@@ -82,18 +86,9 @@ class Worker:
         self.app = app
         self.config = config or WorkerConfig()
         self.stats = WorkerStats()
-        beat, lease = self.config.heartbeat, self.config.lease_seconds
-        dedupe = (
-            [DedupeMiddleware(app.dedupe, lease_seconds=lease, heartbeat_seconds=beat)] if app.dedupe is not None else []
-        )
-        outer = observability_layers(app.broker_url, middleware)  # empty unless an OTel SDK is set
-        placed = [  # a dedupe layer placed by hand ties its claims to this worker's leases too
-            layer.for_worker(lease, beat) if isinstance(layer, DedupeMiddleware) else layer
-            for layer in (*middleware, *app.middleware)
-        ]
-        layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
-        self._chain: CallNext = build_chain(layers, invoke)
-        self._claim_keepers = [layer for layer in layers if isinstance(layer, DedupeMiddleware)]
+        self._middleware = tuple(middleware)
+        self._chain: CallNext = invoke  # the whole chain is composed by run(), after the startup hooks
+        self._claim_keepers: list[DedupeMiddleware] = []  # the chain's dedupe layers, set with it
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
         self._hard: anyio.Event | None = None
@@ -106,6 +101,24 @@ class Worker:
         self.keeper: LeaseKeeper | None = None
         self.stall = StallDetector(self.config.stall_seconds)
         self.ready = threading.Event()
+
+    def _build_chain(self) -> CallNext:
+        """Compose the middleware chain, noting its dedupe layers (once per run: an OpenTelemetry SDK set by then is used)."""
+        app, middleware = self.app, self._middleware
+        beat, lease = self.config.heartbeat, self.config.lease_seconds
+        dedupe = (
+            [DedupeMiddleware(app.dedupe, lease_seconds=lease, heartbeat_seconds=beat)]
+            if app.dedupe is not None
+            else []
+        )
+        outer = observability_layers(app.broker_url, middleware)  # empty unless an OTel SDK is set
+        placed = [  # a dedupe layer placed by hand ties its claims to this worker's leases too
+            layer.for_worker(lease, beat) if isinstance(layer, DedupeMiddleware) else layer
+            for layer in (*middleware, *app.middleware)
+        ]
+        layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        self._claim_keepers = [layer for layer in layers if isinstance(layer, DedupeMiddleware)]
+        return build_chain(layers, invoke)
 
     @property
     def broker(self) -> Broker:
@@ -138,6 +151,12 @@ class Worker:
         if self._stop_requests > 1:
             self._hard.set()
         await self.broker.connect()
+        async with self.app.lifecycle.running():  # startup hooks before the first fetch, shutdown after the last settle
+            self._chain = self._build_chain()  # a startup hook may have configured OpenTelemetry
+            return await self._serve()
+
+    async def _serve(self) -> WorkerStats:
+        """Consume until stopped; when it returns, every job it took is settled or given back."""
         consumer = await self.broker.consumer(
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )

@@ -1,17 +1,22 @@
 """OpenTelemetry tracing after the messaging semantic conventions.
 
-* Producer: one ``PRODUCER`` span per enqueued job (``send TASK``), whose W3C context
+* Producer: one ``PRODUCER`` span per enqueued job, ``send DESTINATION``, whose W3C context
   (``traceparent``/``tracestate``, through the globally configured propagator) is injected into
-  the envelope's headers.
-* Consumer: one ``CONSUMER`` span per processing attempt (``process TASK``), a child of the
-  context extracted from the headers, so a job continues its producer's trace, including a
-  producer in another process or language that only set ``traceparent``.
+  the envelope's headers: it is the job's creation context.
+* Consumer: one ``CONSUMER`` span per processing attempt, ``process DESTINATION``. The creation
+  context extracted from the headers is its parent (one message per span: the conventions allow
+  it) and its link, so a job continues its producer's trace, including a producer in another
+  process or language that only set ``traceparent``.
 
-Attributes: ``messaging.system`` (``rabbitmq``, ``redis``, ``memory``), ``messaging.destination.name``
-(the queue), ``messaging.message.id``, ``messaging.operation.type``/``.name`` (``send``,
-``process``), ``asyncjobs.task``, ``asyncjobs.attempt``, and at the end ``asyncjobs.outcome`` and
-``asyncjobs.outcome.reason``. Handler errors are recorded as exceptions with an error status;
-retry, timeout, dead letter, dedupe skip or deferral, lease loss and shutdown are span events.
+``DESTINATION`` is the queue's name on the broker (on ``amqp://`` with the URL's ``queue_prefix``).
+Attributes: ``messaging.system`` (``rabbitmq``, ``redis``, ``memory``), ``server.address``,
+``server.port``, ``messaging.destination.name``, ``messaging.message.id``,
+``messaging.operation.type``/``.name`` (``send``, ``process``), ``messaging.message.body.size``
+(consumer), ``messaging.rabbitmq.destination.routing_key`` (RabbitMQ, when the job goes straight to
+its queue), ``error.type`` when an attempt failed, and ``asyncjobs.task``, ``asyncjobs.queue``,
+``asyncjobs.attempt``, at the end ``asyncjobs.outcome`` and ``asyncjobs.outcome.reason``. Handler
+errors are recorded as exceptions with an error status; retry, timeout, dead letter, dedupe skip
+or deferral, lease loss and shutdown are span events.
 
 With no SDK tracer provider configured, the worker leaves this layer out and the producer layer
 returns at once: tracing costs nothing unless it is on.
@@ -26,11 +31,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
+from asyncjobs.clock import wall_time
 from asyncjobs.errors import JobTimeout
 from asyncjobs.job import Job, Outcome
 from asyncjobs.middleware.chain import CallNext
+from asyncjobs.middleware.messaging import Messaging, messaging_for, messaging_system
 
 if TYPE_CHECKING:
     from asyncjobs.app import Publish
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
 
 SCOPE = "asyncjobs"
 _ROOT = Context()
-_SYSTEMS = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq", "memory": "memory"}
+__all__ = ["TracingMiddleware", "TracingProducerMiddleware", "messaging_system", "observability_layers"]
 
 
 _NOT_REAL = (ProxyTracerProvider, NoOpTracerProvider)
@@ -62,12 +69,6 @@ def tracing_enabled(provider: trace.TracerProvider | None = None) -> bool:
             return False
         provider = trace.get_tracer_provider()
     return not isinstance(provider, _NOT_REAL)
-
-
-def messaging_system(broker_url: str) -> str:
-    """The ``messaging.system`` value for a broker URL (its scheme, or the conventional name)."""
-    scheme = broker_url.partition("://")[0].lower()
-    return _SYSTEMS.get(scheme, scheme or "unknown")
 
 
 class _Traced:
@@ -96,6 +97,8 @@ class TracingMiddleware(_Traced):
 
     Why the worker cancelled an attempt (``lease_lost``, ``shutdown``) is read from
     :attr:`Job.cancel_reason <asyncjobs.job.Job.cancel_reason>` unless ``cancel_reason`` is given.
+    ``messaging`` describes the broker (the worker fills it in from its broker URL); ``system``
+    alone names the messaging system.
     """
 
     def __init__(
@@ -103,11 +106,17 @@ class TracingMiddleware(_Traced):
         tracer_provider: trace.TracerProvider | None = None,
         *,
         system: str = "unknown",
+        messaging: Messaging | None = None,
         cancel_reason: Callable[[Job], str | None] | None = None,
     ) -> None:
         super().__init__(tracer_provider)
-        self.system = system
+        self.messaging = messaging if messaging is not None else Messaging(system)
         self.cancel_reason = cancel_reason
+
+    @property
+    def system(self) -> str:
+        """The ``messaging.system`` of the spans."""
+        return self.messaging.system
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         """Run the rest of the chain inside the attempt's span."""
@@ -131,24 +140,33 @@ class TracingMiddleware(_Traced):
         transport = job.delivery.headers  # AMQP headers: where an outside instrumented publisher puts it
         carrier = transport if transport and "traceparent" not in env.headers else env.headers
         parent = propagate.extract(carrier) if carrier else _ROOT  # never the runner's ambient context
-        attributes: dict[str, str | int] = {
-            "messaging.system": self.system,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": job.queue,
-            "messaging.message.id": job.id,
-            "messaging.message.body.size": len(job.delivery.body),
-            "asyncjobs.task": job.task,
-            "asyncjobs.attempt": job.attempt,
-            "asyncjobs.delivery_count": job.delivery.delivery_count,
-        }
+        created = trace.get_current_span(parent).get_span_context()
+        messaging = self.messaging
+        destination = messaging.destination(job.queue)
+        attributes = messaging.attributes()
+        attributes.update(
+            {
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": destination,
+                "messaging.message.id": job.id,
+                "messaging.message.body.size": len(job.delivery.body),
+                "asyncjobs.task": job.task,
+                "asyncjobs.queue": job.queue,
+                "asyncjobs.attempt": job.attempt,
+                "asyncjobs.delivery_count": job.delivery.delivery_count,
+            }
+        )
+        if messaging.system == "rabbitmq":
+            attributes["messaging.rabbitmq.destination.routing_key"] = destination
         if env.key is not None:
             attributes["asyncjobs.idempotency_key"] = env.key
         with tracer.start_as_current_span(
-            f"process {job.task}",
+            f"process {destination}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
+            links=[Link(created)] if created.is_valid else None,  # the creation context, per the conventions
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
@@ -161,6 +179,7 @@ class TracingMiddleware(_Traced):
                     span.set_attribute("asyncjobs.outcome", "cancelled")
                     span.set_attribute("asyncjobs.outcome.reason", reason)
                 else:
+                    span.set_attribute("error.type", type(exc).__qualname__)
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 raise
@@ -195,37 +214,54 @@ class TracingProducerMiddleware(_Traced):
     """The producer side: a ``PRODUCER`` span per job, its context injected into the job's headers.
 
     The span covers the broker's accept (it ends when the enqueue returned); a job refused by its
-    idempotency key gets ``asyncjobs.accepted = false``.
+    idempotency key gets ``asyncjobs.accepted = false``. ``messaging`` describes the broker (a
+    value, or a callable read at each enqueue; the app fills it in from its broker URL).
     """
 
     def __init__(
-        self, tracer_provider: trace.TracerProvider | None = None, *, system: Callable[[], str] | str = "unknown"
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        system: str = "unknown",
+        messaging: Messaging | Callable[[], Messaging] | None = None,
     ) -> None:
         super().__init__(tracer_provider)
-        self.system = system
+        self.messaging: Messaging | Callable[[], Messaging] = messaging if messaging is not None else Messaging(system)
+
+    @property
+    def system(self) -> str:
+        """The ``messaging.system`` of the spans."""
+        return self._messaging().system
+
+    def _messaging(self) -> Messaging:
+        return self.messaging if isinstance(self.messaging, Messaging) else self.messaging()
 
     async def __call__(self, envelopes: Sequence[Envelope], call_next: Publish) -> list[bool]:
         """Publish ``envelopes`` with trace headers inside their spans."""
         tracer = self.tracer()
         if tracer is None:
             return await call_next(envelopes)
-        system = self.system() if callable(self.system) else self.system
+        messaging = self._messaging()
+        common = messaging.attributes()
+        rabbitmq = messaging.system == "rabbitmq"
+        now = wall_time()
         spans: list[trace.Span] = []
         traced: list[Envelope] = []
         for env in envelopes:
-            span = tracer.start_span(
-                f"send {env.task}",
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": system,
-                    "messaging.operation.type": "send",
-                    "messaging.operation.name": "send",
-                    "messaging.destination.name": env.queue,
-                    "messaging.message.id": env.id,
-                    "asyncjobs.task": env.task,
-                    "asyncjobs.attempt": env.attempt,
-                },
-            )
+            destination = messaging.destination(env.queue)
+            attributes = {
+                **common,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": destination,
+                "messaging.message.id": env.id,
+                "asyncjobs.task": env.task,
+                "asyncjobs.queue": env.queue,
+                "asyncjobs.attempt": env.attempt,
+            }
+            if rabbitmq and (env.not_before is None or env.not_before <= now):  # a delayed job waits in a delay queue
+                attributes["messaging.rabbitmq.destination.routing_key"] = destination
+            span = tracer.start_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes)
             headers = dict(env.headers)
             propagate.inject(headers, context=trace.set_span_in_context(span))
             spans.append(span)
@@ -234,6 +270,7 @@ class TracingProducerMiddleware(_Traced):
             accepted = await call_next(traced)
         except BaseException as exc:
             for span in spans:
+                span.set_attribute("error.type", type(exc).__qualname__)
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 span.end()
@@ -247,18 +284,19 @@ class TracingProducerMiddleware(_Traced):
 def observability_layers(broker_url: str, middleware: Sequence[object]) -> list[TracingMiddleware | MetricsMiddleware]:
     """The worker's outermost layers: tracing and metrics, each only when an SDK provider is set.
 
-    A :class:`TracingMiddleware` the user passed in ``middleware`` is completed (its messaging
-    system) instead of being doubled.
+    A :class:`TracingMiddleware` the user passed in ``middleware`` is completed (what it knows of
+    the broker) instead of being doubled.
     """
     from asyncjobs.middleware.metrics import MetricsMiddleware, metrics_enabled
 
     layers: list[TracingMiddleware | MetricsMiddleware] = []
-    system = messaging_system(broker_url)
+    messaging = messaging_for(broker_url)
     given = [m for m in middleware if isinstance(m, TracingMiddleware)]
     for layer in given:
-        layer.system = system if layer.system == "unknown" else layer.system
+        if layer.messaging.system == "unknown":
+            layer.messaging = messaging
     if not given and tracing_enabled():
-        layers.append(TracingMiddleware(system=system))
+        layers.append(TracingMiddleware(messaging=messaging))
     if metrics_enabled():
         layers.append(MetricsMiddleware())
     return layers

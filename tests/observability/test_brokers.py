@@ -18,6 +18,7 @@ from asyncjobs.dedupe import MemoryDedupeStore
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
 from asyncjobs.task import CallOptions
 from tests.harness import require_server
+from tests.observability.conventions import check_messaging_span
 from tests.runtime.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -54,9 +55,20 @@ async def test_a_job_continues_its_producers_trace_on_every_broker(
     assert send.context is not None
     assert process.parent is not None
     assert process.parent.span_id == send.context.span_id
-    system = {"memory": "memory", "redis": "redis", "amqp": "rabbitmq"}[broker.url.partition("://")[0]]
-    assert (process.attributes or {})["messaging.system"] == system
-    assert (process.attributes or {})["messaging.destination.name"] == queue
+    scheme = broker.url.partition("://")[0]
+    system = {"memory": "memory", "redis": "redis", "amqp": "rabbitmq"}[scheme]
+    real_name = broker.topology.names(queue).work if scheme == "amqp" else queue  # type: ignore[attr-defined]
+    for span, operation in ((send, "send"), (process, "process")):
+        attrs = check_messaging_span(span, operation)
+        assert attrs["messaging.system"] == system
+        assert attrs["messaging.destination.name"] == real_name  # on amqp:// with the URL's queue_prefix
+        assert span.name == f"{operation} {real_name}"
+        assert attrs["asyncjobs.queue"] == queue
+        if scheme != "memory":
+            assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", 5672 if scheme == "amqp" else 6379)
+        if scheme == "amqp":
+            assert real_name != queue
+            assert attrs["messaging.rabbitmq.destination.routing_key"] == real_name
 
 
 async def test_a_duplicate_delivery_of_a_done_job_is_skipped_on_every_broker(broker: Broker) -> None:

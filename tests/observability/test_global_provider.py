@@ -13,4 +13,4 @@ def test_a_global_sdk_provider_turns_tracing_on_for_default_apps_and_workers() -
     script = Path(__file__).with_name("global_tracing_script.py")
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "traced: send auto -> process auto" in result.stdout
+    assert "traced: send default -> process default" in result.stdout

@@ -28,6 +28,7 @@ from asyncjobs.middleware.tracing import (
 )
 from asyncjobs.retrying import Backoff
 from asyncjobs.task import CallOptions, TaskOptions, TaskSpec
+from tests.observability.conventions import check_messaging_span
 from tests.runtime.helpers import eventually
 
 pytestmark = pytest.mark.anyio
@@ -73,8 +74,8 @@ async def test_processing_continues_the_producers_trace(
         await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 1)
     [send] = by_kind(exporter, SpanKind.PRODUCER)
     [process] = by_kind(exporter, SpanKind.CONSUMER)
-    assert send.name == "send greet"
-    assert process.name == "process greet"
+    assert send.name == "send default"  # {operation} {destination}
+    assert process.name == "process default"
     assert process.context is not None
     assert send.context is not None
     assert process.parent is not None
@@ -87,9 +88,12 @@ async def test_processing_continues_the_producers_trace(
         "messaging.destination.name": "default",
         "messaging.message.id": ref.id,
         "asyncjobs.task": "greet",
+        "asyncjobs.queue": "default",
         "asyncjobs.attempt": 1,
         "asyncjobs.accepted": True,
     }
+    [link] = process.links  # the creation context, as the conventions ask
+    assert (link.context.trace_id, link.context.span_id) == (send.context.trace_id, send.context.span_id)
     attrs = dict(process.attributes or {})
     assert attrs["messaging.system"] == "memory"
     assert attrs["messaging.operation.type"] == "process"
@@ -159,6 +163,9 @@ async def test_each_attempt_has_its_span_with_the_error_recorded_and_a_retry_eve
     assert (first.events[0].attributes or {})["exception.message"] == "upstream down"
     assert (second.attributes or {})["asyncjobs.attempt"] == 2
     assert (second.attributes or {})["asyncjobs.outcome"] == "done"
+    check_messaging_span(send, "send")
+    for span in (first, second):  # the failed attempt has error.type, the done one none
+        check_messaging_span(span, "process")
 
 
 async def test_timeout_and_dead_letter_are_span_events(
@@ -166,17 +173,17 @@ async def test_timeout_and_dead_letter_are_span_events(
 ) -> None:
     app = traced_app(provider)
 
-    @app.task(name="stuck", timeout=0.1, max_attempts=1)
+    @app.task(name="stuck", queue="stuck", timeout=0.1, max_attempts=1)
     async def stuck() -> None:
         await anyio.sleep(5)
 
-    @app.task(name="bad")
+    @app.task(name="bad", queue="bad")
     async def bad() -> None:
         raise PermanentError("no such user")
 
     await stuck.enqueue()
     await bad.enqueue()
-    async with traced_worker(app, provider) as worker:
+    async with traced_worker(app, provider, queues=("stuck", "bad")) as worker:
         await eventually(lambda: worker.stats.dead == 2)
         await eventually(lambda: len(by_kind(exporter, SpanKind.CONSUMER)) == 2)
     spans = {s.name: s for s in by_kind(exporter, SpanKind.CONSUMER)}
@@ -188,6 +195,8 @@ async def test_timeout_and_dead_letter_are_span_events(
     assert (spans["process stuck"].attributes or {})["asyncjobs.outcome.reason"] == "max_attempts"
     assert (spans["process bad"].attributes or {})["asyncjobs.outcome.reason"] == "permanent"
     assert (spans["process bad"].attributes or {})["error.type"] == "PermanentError"
+    for span in spans.values():
+        check_messaging_span(span, "process")
 
 
 async def test_a_dedupe_skip_is_a_span_event(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
@@ -295,5 +304,5 @@ async def test_the_consumer_layer_traces_the_same_called_directly_or_composed_ah
         )
         exporter.clear()
         assert names[-1][2] == env.id
-    assert [n[:2] for n in names] == [("process t", SpanKind.CONSUMER)] * 2
+    assert [n[:2] for n in names] == [("process q", SpanKind.CONSUMER)] * 2
     assert [n[3] for n in names] == ["done", "done"]
