@@ -26,6 +26,7 @@ from asyncjobs.broker import Broker, from_url
 from asyncjobs.config import WorkerConfig
 from asyncjobs.deadletters import DeadFilter, purge, replay
 from asyncjobs.errors import AsyncJobsError
+from asyncjobs.extras import DISTRIBUTION
 from asyncjobs.worker import Worker
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ def _from_url(url: str) -> Broker:
 
 
 @click.group()
-@click.version_option(package_name="asyncjobs", prog_name="asyncjobs")
+@click.version_option(package_name=DISTRIBUTION, prog_name="asyncjobs")
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
@@ -122,7 +123,7 @@ def main(log_level: str) -> None:
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on this port (needs asyncjobs[otel]).",
+    help="Serve Prometheus metrics on this port (needs the otel extra).",
 )
 def worker(
     app_target: str,
@@ -159,7 +160,7 @@ def worker(
         if metrics_port is None:
             await Worker(app, config).run()
             return
-        from asyncjobs.metrics_server import serve_metrics  # optional: needs asyncjobs[otel]
+        from asyncjobs.metrics_server import serve_metrics  # optional: needs the otel extra
 
         async with serve_metrics(metrics_port, app.broker, config.queues):
             await Worker(app, config).run()

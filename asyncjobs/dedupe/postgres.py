@@ -1,6 +1,6 @@
 """The PostgreSQL dedupe store, for jobs whose side effects live in PostgreSQL.
 
-Needs ``asyncjobs[postgres]`` (psycopg 3 and its pool). Its point is :meth:`PostgresDedupeStore.transaction`:
+Needs the ``postgres`` extra (psycopg 3 and its pool). Its point is :meth:`PostgresDedupeStore.transaction`:
 a handler writes its side effect and marks its key ``done`` in one transaction, so a worker that
 dies after the commit but before the broker's ack leaves a ``done`` key, and the redelivered job
 is skipped; a worker that dies before the commit leaves nothing, and the job runs again. Times
@@ -19,6 +19,7 @@ import anyio
 
 from asyncjobs.dedupe.store import HISTORY_LIMIT, Claim, DedupeRecord, Status, claimable, current_claim, event
 from asyncjobs.errors import AsyncJobsError, ConfigError
+from asyncjobs.extras import install_command
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -67,9 +68,7 @@ class PostgresDedupeStore:
                 try:
                     from psycopg_pool import AsyncConnectionPool
                 except ImportError:
-                    raise ConfigError(
-                        "the PostgreSQL dedupe store needs psycopg: pip install 'asyncjobs[postgres]'"
-                    ) from None
+                    raise ConfigError(f"the PostgreSQL dedupe store needs psycopg: {install_command('postgres')}") from None
                 pool: Pool = AsyncConnectionPool(
                     self.conninfo, min_size=1, max_size=self._max, kwargs={"autocommit": True}, open=False
                 )

@@ -146,7 +146,7 @@ class RedisBroker:
         if version < MIN_SERVER:
             await client.aclose()
             raise BrokerError(
-                f"redis: server {info.get('redis_version')} is too old; asyncjobs-redis needs 6.2 or later"
+                f"redis: server {info.get('redis_version')} is too old; the asyncjobs Redis broker needs 6.2 or later"
             )
         await _warn_if_evicting(client)
         if self._current():  # another task connected meanwhile: keep theirs
