@@ -19,7 +19,6 @@ import anyio
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from asyncjobs.app import BROKER_URL_ENV, DEFAULT_BROKER_URL, App
 from asyncjobs.broker import Broker, from_url
@@ -27,6 +26,7 @@ from asyncjobs.config import WorkerConfig
 from asyncjobs.deadletters import DeadFilter, purge, replay
 from asyncjobs.errors import AsyncJobsError
 from asyncjobs.extras import DISTRIBUTION
+from asyncjobs.logsetup import LogFormat, configure, job_lines, literal
 from asyncjobs.worker import Worker
 
 T = TypeVar("T")
@@ -90,11 +90,18 @@ def _from_url(url: str) -> Broker:
     show_default=True,
     help="Logging level.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="ASYNCJOBS_LOG_FORMAT",
+    help="Log lines as text, or one JSON object per line ($ASYNCJOBS_LOG_FORMAT).",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str, log_format: LogFormat) -> None:
     """asyncjobs: run workers and inspect queues."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(LiteralFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    configure(log_level, log_format, one_shot=ctx.invoked_subcommand != "worker")
 
 
 @main.command()
@@ -125,6 +132,7 @@ def main(log_level: str) -> None:
     default=None,
     help="Serve Prometheus metrics on this port (needs the otel extra).",
 )
+@click.option("--log-jobs", is_flag=True, help="Log one INFO line per job outcome (retries and dead letters always are).")
 def worker(
     app_target: str,
     broker_url: str | None,
@@ -136,8 +144,10 @@ def worker(
     drain_seconds: float,
     stall_seconds: float,
     metrics_port: int | None,
+    log_jobs: bool,
 ) -> None:
     """Run a worker for the app at MODULE:APP until SIGTERM/SIGINT (a second signal stops at once)."""
+    job_lines(log_jobs)
     app = load_app(app_target)
     if broker_url:
         app.use_broker(broker_url)
@@ -190,29 +200,6 @@ def _filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--task", default=None, help="Only tasks matching this name (glob).")(fn)
     fn = click.option("--reason", default=None, help="Only this reason (permanent, max_attempts, malformed...).")(fn)
     return click.option("--error", "error_type", default=None, help="Only this error class name.")(fn)
-
-
-def literal(value: str) -> Text:
-    """``value`` as plain text for the terminal: no markup read, control characters and lone surrogates escaped."""
-    out = []
-    for ch in value:
-        code = ord(ch)
-        if ch.isprintable() and not 0xD800 <= code <= 0xDFFF:
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return Text("".join(out))
-
-
-class LiteralFormatter(logging.Formatter):
-    """Log lines with every control character but the newline escaped: a job id, task name or error
-    message from a foreign producer cannot send escape sequences to the operator's terminal."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The formatted record, made literal."""
-        return "\n".join(literal(line).plain for line in super().format(record).split("\n"))
 
 
 def _when(ts: float) -> str:
@@ -449,7 +436,8 @@ def demo(jobs: int, verbose: bool) -> None:
     from asyncjobs.demo import run_demo
 
     if not verbose:
-        logging.getLogger("asyncjobs").setLevel(logging.CRITICAL)
+        for name in ("asyncjobs", "asyncjobs.jobs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     ok = run(lambda: run_demo(jobs, console))
     sys.exit(0 if ok else 1)
 

@@ -115,13 +115,11 @@ def test_the_installed_entry_points_load() -> None:
         assert callable(installed[scheme].load())
 
 
-@pytest.mark.parametrize(("url", "blocked", "extra"), [("redis://h/0", "redis", "redis"), ("amqp://h/", "aio_pika", "rabbitmq")])
+@pytest.mark.parametrize(
+    ("url", "blocked", "extra"), [("redis://h/0", "redis", "redis"), ("amqp://h/", "aio_pika", "rabbitmq")]
+)
 def test_a_broker_without_its_client_library_names_the_command(url: str, blocked: str, extra: str) -> None:
-    script = (
-        f"import sys; sys.modules[{blocked!r}] = None\n"
-        "from asyncjobs.broker import from_url\n"
-        f"from_url({url!r})\n"
-    )
+    script = f"import sys; sys.modules[{blocked!r}] = None\nfrom asyncjobs.broker import from_url\nfrom_url({url!r})\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
