@@ -269,6 +269,10 @@ class MemoryBroker:
                     queues[stored.queue].in_flight -= 1
         return found
 
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether this broker has seen ``queue`` (a job or a consumer on it); creates nothing."""
+        return queue in self._queues
+
     async def stats(self, queue: str) -> QueueStats:
         """Counts of ``queue`` and the age of its oldest ready job."""
         q = self._queue(queue)
