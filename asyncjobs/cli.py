@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from asyncjobs.app import BROKER_URL_ENV
-from asyncjobs.cli_common import console, load_app, run, task_queues, when
+from asyncjobs.cli_common import OneLineGroup, console, load_app, run, task_queues, when
 from asyncjobs.cli_dead import dead, stats
 from asyncjobs.config import WorkerConfig
 from asyncjobs.errors import AsyncJobsError
@@ -24,7 +24,7 @@ from asyncjobs.worker import Worker
 __all__ = ["load_app", "main", "task_queues"]
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name=DISTRIBUTION, prog_name="asyncjobs")
 @click.option(
     "--log-level",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +22,7 @@ from asyncjobs.errors import AsyncJobsError
 T = TypeVar("T")
 CLOSE_TURNS = 5  # turns of the event loop after a command, for the close callbacks of client libraries
 console = Console()
+log = logging.getLogger("asyncjobs.cli")
 
 
 def load_app(target: str) -> App:
@@ -54,10 +56,15 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
 
     try:
         return anyio.run(then_let_callbacks_finish)
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from None
     except (ConnectionError, OSError) as exc:
         raise click.ClickException(f"cannot reach the broker: {exc}") from None
+    except Exception as exc:  # a client library's own error (unreachable store, refused login...): one line
+        log.debug("the command failed", exc_info=exc)
+        raise click.ClickException(f"{type(exc).__module__.partition('.')[0]}: {type(exc).__name__}: {exc}") from None
 
 
 def make_broker(url: str | None, app_target: str | None, *, app: App | None = None) -> Broker:
@@ -96,3 +103,34 @@ def when(ts: float) -> str:
         return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
     except (ValueError, OverflowError, OSError):
         return repr(ts)
+
+
+class OneLineGroup(click.Group):
+    """A command group whose every error, usage errors too, is one line on stderr and a non-zero exit."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; see :meth:`click.Group.main`."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)

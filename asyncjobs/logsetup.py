@@ -93,6 +93,8 @@ def configure(level: str, fmt: LogFormat = "text", *, one_shot: bool = True) -> 
     job_lines(False)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if one_shot:  # its connect errors repeat what the command's own one-line error says
+        logging.getLogger("aiormq").setLevel(max(logging.CRITICAL, logging.getLogger().level))
     for name in CONNECT_LOGGERS:
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, _AtDebug)]:

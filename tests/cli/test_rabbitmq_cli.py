@@ -84,3 +84,14 @@ def start_and_stop_a_worker(url: str) -> str:
             proc.kill()
             proc.wait(timeout=10)
     return "".join(lines) + rest
+
+
+async def test_read_only_commands_on_a_missing_queue_say_so_and_create_nothing(rabbit: tuple[Broker, str]) -> None:
+    broker, url = rabbit
+    for command in (["stats"], ["dead", "list"], ["dead", "show", "some-id"], ["dead", "purge", "--all"]):
+        done = await anyio.to_thread.run_sync(lambda c=command: cli(*c, "-q", "typo", "--broker", url))
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.strip() == "Error: no such queue 'typo' on this broker (check -q, --broker and its prefix)"
+    assert not await broker.queue_exists("typo")  # type: ignore[attr-defined]
+    for suffix in ("", ".dead"):  # nor any queue of its topology
+        assert not await broker.queue_exists(f"typo{suffix}")  # type: ignore[attr-defined]
