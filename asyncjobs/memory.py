@@ -23,6 +23,7 @@ import anyio
 from asyncjobs.broker import DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, QueueStats
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope, peek_id, reads_back_equal
+from asyncjobs.memory_alone import ProducerOnlyWatch
 
 _IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
 _LEASE_GARBAGE = 1024  # entries of settled leases tolerated beyond twice the live ones before a compaction
@@ -67,6 +68,7 @@ class MemoryBroker:
         self._token_prefix = uuid.uuid4().hex[:8] + "-"
         self._wakeup: anyio.Event | None = None
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
+        self.watch = ProducerOnlyWatch(url, lambda: len(self._jobs))  # warns when no worker here takes its jobs
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -120,6 +122,7 @@ class MemoryBroker:
         A job whose :attr:`~asyncjobs.broker.OutgoingJob.envelope` reads back equal from its body
         is delivered with that envelope, so the worker does not parse bytes made in this process.
         """
+        self.watch.enqueued()
         now = monotonic()
         accepted: list[bool] = []
         for job in jobs:
@@ -166,6 +169,7 @@ class MemoryBroker:
 
     async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> MemoryConsumer:
         """A consumer over ``queues``; ``prefetch`` bounds how many leases one fetch takes."""
+        self.watch.consumer_opened()
         return MemoryConsumer(self, list(queues), prefetch, lease_seconds)
 
     def _promote(self, queue: _Queue, now: float) -> float | None:
