@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import itertools
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ class MemoryBroker:
         self._token_prefix = uuid.uuid4().hex[:8] + "-"
         self._wakeup: anyio.Event | None = None
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
-        self.watch = ProducerOnlyWatch(url, lambda: len(self._jobs))  # warns when no worker here takes its jobs
+        me = weakref.ref(self)  # the watch must not keep a dropped broker and its jobs alive
+        self.watch = ProducerOnlyWatch(url, lambda: len(b._jobs) if (b := me()) is not None else 0)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
