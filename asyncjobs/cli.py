@@ -81,6 +81,13 @@ def main(ctx: click.Context, log_level: str, log_format: LogFormat) -> None:
     show_default=True,
     help="Address the metrics server binds (0.0.0.0: every interface, for a scraper in another container).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes, under one supervisor that restarts one that dies and forwards SIGTERM/SIGINT.",
+)
 @click.option("--log-jobs", is_flag=True, help="Log one INFO line per job outcome (retries and dead letters always are).")
 def worker(
     app_target: str,
@@ -94,6 +101,7 @@ def worker(
     stall_seconds: float,
     metrics_port: int | None,
     metrics_host: str,
+    workers: int,
     log_jobs: bool,
 ) -> None:
     """Run a worker for the app at MODULE:APP until SIGTERM/SIGINT (a second signal stops at once)."""
@@ -115,6 +123,14 @@ def worker(
         app.broker  # noqa: B018 - resolve the URL now, so a bad one exits before any work
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from None
+    if workers > 1:
+        if metrics_port is not None:
+            raise click.UsageError("--metrics-port serves one process: run one worker per port, not --workers")
+        from asyncjobs.supervisor import Supervisor
+
+        # each process runs this same command line; the last --workers wins, so it runs one worker
+        command = [sys.executable, "-m", "asyncjobs.cli", *sys.argv[1:], "--workers", "1"]
+        sys.exit(Supervisor(command, workers, drain_seconds).run())
 
     async def serve() -> None:
         if metrics_port is None:

@@ -18,7 +18,7 @@ from rich.text import Text
 
 LogFormat = Literal["text", "json"]
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "outcome", "reason", "duration", "trace_id")
 QUIET_LIBRARIES = ("aio_pika", "aiormq")  # INFO there is reconnect chatter, also on a deliberate close
 CONNECT_LOGGERS = ("asyncjobs_rabbitmq.broker", "asyncjobs_redis.broker")
@@ -48,7 +48,7 @@ class LiteralFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``pid``, ``message``,
     the job fields of a per-job line (``job_id``, ``task``, ``queue``, ``attempt``, ``outcome``,
     ``reason``, ``duration``, ``trace_id``) and ``exception`` when the record has one.
 
@@ -61,6 +61,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         job = getattr(record, "job", None)
