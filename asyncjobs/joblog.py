@@ -45,12 +45,13 @@ def trace_id(attempt: Attempt) -> str | None:
 
 def fields(attempt: Attempt, outcome: str, reason: str | None = None) -> dict[str, Any]:
     """The job fields of a log line about ``attempt``."""
-    started = attempt.started
+    started, delivery = attempt.started, attempt.delivery
+    number = attempt.number or (delivery.envelope.attempt if delivery.envelope is not None else delivery.delivery_count)
     return {
-        "job_id": attempt.delivery.job_id,
+        "job_id": delivery.job_id,
         "task": attempt.task,
-        "queue": attempt.delivery.queue,
-        "attempt": attempt.number or attempt.delivery.delivery_count,
+        "queue": delivery.queue,
+        "attempt": number,
         "outcome": outcome,
         "reason": reason,
         "duration": round(wall_time() - started, 6) if started else None,
