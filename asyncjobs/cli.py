@@ -17,7 +17,7 @@ from asyncjobs.cli_common import OneLineGroup, console, load_app, run, task_queu
 from asyncjobs.cli_dead import dead, stats
 from asyncjobs.config import WorkerConfig
 from asyncjobs.errors import AsyncJobsError
-from asyncjobs.extras import DISTRIBUTION
+from asyncjobs.extras import version
 from asyncjobs.logsetup import LogFormat, configure, job_lines
 from asyncjobs.worker import Worker
 
@@ -25,7 +25,7 @@ __all__ = ["load_app", "main", "task_queues"]
 
 
 @click.group(cls=OneLineGroup)
-@click.version_option(package_name=DISTRIBUTION, prog_name="asyncjobs")
+@click.version_option(version=version(), prog_name="asyncjobs")
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),

@@ -7,6 +7,8 @@ what to install is built here, so it names an extra the distribution really decl
 
 from __future__ import annotations
 
+from importlib import metadata
+
 DISTRIBUTION = "asyncjobs-runtime"
 
 # extra -> what it adds (the import names checked by the packaging test).
@@ -24,3 +26,11 @@ def install_command(extra: str) -> str:
     if extra not in EXTRAS:
         raise KeyError(f"no extra {extra!r}; extras: {', '.join(sorted(EXTRAS))}")
     return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a source tree that is not installed)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
