@@ -88,6 +88,12 @@ def main(ctx: click.Context, log_level: str, log_format: LogFormat) -> None:
     show_default=True,
     help="Worker processes, under one supervisor that restarts one that dies and forwards SIGTERM/SIGINT.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text, or one JSON object per line (the same as asyncjobs --log-format).",
+)
 @click.option("--log-jobs", is_flag=True, help="Log one INFO line per job outcome (retries and dead letters always are).")
 def worker(
     app_target: str,
@@ -102,9 +108,12 @@ def worker(
     metrics_port: int | None,
     metrics_host: str,
     workers: int,
+    log_format: LogFormat | None,
     log_jobs: bool,
 ) -> None:
     """Run a worker for the app at MODULE:APP until SIGTERM/SIGINT (a second signal stops at once)."""
+    if log_format is not None:
+        configure(logging.getLevelName(logging.getLogger().level), log_format, one_shot=False)
     job_lines(log_jobs)
     app = load_app(app_target)
     if broker_url:

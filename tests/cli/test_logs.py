@@ -89,13 +89,16 @@ def run_worker(url: str, *args: str, until: list[tuple[str, ...]]) -> tuple[int,
             proc.wait(timeout=10)
 
 
-def test_json_logs_have_one_object_per_line_and_one_line_per_job_outcome(redis_url: str) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [("--log-format", "json", "--log-jobs"), ("--log-level", "INFO", "--log-jobs", "--log-format", "json")],
+    ids=["before-worker", "after-worker"],
+)
+def test_json_logs_have_one_object_per_line_and_one_line_per_job_outcome(redis_url: str, args: tuple[str, ...]) -> None:
     prefix = redis_url.rsplit("=", 1)[1]
     code, lines = run_worker(
         redis_url,
-        "--log-format",
-        "json",
-        "--log-jobs",
+        *args,
         until=[(f"{prefix}-bad",), (f"{prefix}-ok",), (f"{prefix}-flaky", '"outcome": "done"')],
     )
     assert code == 0
