@@ -294,6 +294,8 @@ class App:
                     )
                 ttl = self.tasks[env.task].options.unique_ttl if env.task in self.tasks else 3600.0
                 guard = self.enqueue_guard if env.key and not self.broker.supports_unique else None
+                if env.key and guard is None and not self.broker.supports_unique and not self._dedupes_at_run():
+                    raise ConfigError(unguarded_key_message(env.task, env.key, self.broker_url))
                 if guard is not None and env.key:
                     if not await guard.claim_enqueue(env.key, ttl):
                         blocked.add(index)
@@ -307,6 +309,12 @@ class App:
             raise
         return [False if i in blocked else next(stored) for i in range(len(envelopes))]
 
+    def _dedupes_at_run(self) -> bool:
+        """Whether a worker of this app skips a duplicate of a done job (a dedupe store or layer)."""
+        from asyncjobs.middleware.dedupe import DedupeMiddleware
+
+        return self.dedupe is not None or any(isinstance(m, DedupeMiddleware) for m in self.middleware)
+
     async def _unclaim(self, keys: Sequence[str]) -> None:
         """Give back enqueue-guard keys of jobs that were not enqueued (else a retry would be refused)."""
         assert self.enqueue_guard is not None
@@ -316,6 +324,16 @@ class App:
                     await self.enqueue_guard.release_enqueue(key)
                 except Exception as exc:
                     log.error("could not release idempotency key %r of a job that was not enqueued: %s", key, exc)
+
+
+def unguarded_key_message(task: str, key: str, broker_url: str) -> str:
+    """Why a job with an idempotency key is refused on a broker that cannot dedupe it, and the fix."""
+    scheme = broker_url.partition("://")[0]
+    return (
+        f"job {task!r} has key={key!r}, but {scheme}:// cannot refuse a duplicate at enqueue and this app has no "
+        "dedupe store, so the key would be ignored: give the app one (App(dedupe=RedisDedupeStore.from_url(...)) "
+        "or PostgresDedupeStore(...)), an enqueue_guard, or the DedupeMiddleware its workers run; or drop the key"
+    )
 
 
 def _bind_producer(layer: ProducerMiddleware, call_next: Publish) -> Publish:

@@ -14,8 +14,9 @@ Vocabulary:
 
 A broker is chosen by URL scheme. ``memory://`` is built in; other schemes come from the entry
 point group ``asyncjobs.brokers`` (name = scheme, value = a callable taking the URL and returning
-a :class:`Broker`), so ``asyncjobs-redis`` and ``asyncjobs-rabbitmq`` (and third parties)
-plug in the same way.
+a :class:`Broker`). The Redis and RabbitMQ brokers ship with asyncjobs and register there;
+their client libraries come with the ``redis`` and ``rabbitmq`` extras. Third parties plug in
+the same way.
 """
 
 from __future__ import annotations
@@ -27,19 +28,27 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from asyncjobs.errors import BrokerURLError
+from asyncjobs.extras import install_command
 
 if TYPE_CHECKING:
     from asyncjobs.envelope import Envelope
 
 ENTRY_POINT_GROUP = "asyncjobs.brokers"
 
-# Schemes whose broker lives in a separate distribution: named in the error when it is missing.
-KNOWN_PACKAGES = {
-    "redis": "asyncjobs-redis",
-    "rediss": "asyncjobs-redis",
-    "amqp": "asyncjobs-rabbitmq",
-    "amqps": "asyncjobs-rabbitmq",
+# Schemes of the brokers that ship with asyncjobs -> the extra that brings their client library.
+KNOWN_EXTRAS = {
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
 }
+
+_CLIENT_MODULES = {"redis", "aio_pika", "aiormq", "pamqp"}
+
+
+def _missing_client(scheme: str) -> BrokerURLError:
+    extra = KNOWN_EXTRAS[scheme]
+    return BrokerURLError(f"broker URL scheme {scheme!r} needs the {extra} client library: {install_command(extra)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,20 +313,24 @@ def scheme_of(url: str) -> str:
 def from_url(url: str) -> Broker:
     """Create (but do not connect) the broker a URL names.
 
-    Raises :class:`BrokerURLError` naming the package to install when the scheme belongs to a
-    broker that is not installed, or listing the known schemes when nobody handles it.
+    Raises :class:`BrokerURLError` naming the install command when the scheme belongs to a
+    broker whose client library is not installed, or listing the known schemes when nobody handles it.
     """
     scheme = scheme_of(url)
     factory = _BUILTIN.get(scheme)
     if factory is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == scheme:
-                factory = ep.load()
+                try:
+                    factory = ep.load()
+                except ImportError as exc:
+                    if scheme in KNOWN_EXTRAS and (exc.name or "").partition(".")[0] in _CLIENT_MODULES:
+                        raise _missing_client(scheme) from None
+                    raise
                 break
     if factory is None:
-        package = KNOWN_PACKAGES.get(scheme)
-        if package:
-            raise BrokerURLError(f"broker URL scheme {scheme!r} needs the package {package!r}: pip install {package}")
+        if scheme in KNOWN_EXTRAS:
+            raise _missing_client(scheme)
         known = sorted({*_BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
         raise BrokerURLError(f"no broker handles URL scheme {scheme!r}; installed schemes: {', '.join(known)}")
     return factory(url)

@@ -23,7 +23,7 @@ from asyncjobs.errors import EnvelopeError
 
 
 def _accelerator() -> ModuleType | None:
-    """orjson when installed (``pip install asyncjobs[speedups]``) and not turned off by ``ASYNCJOBS_STDLIB_JSON=1``."""
+    """orjson when installed (``pip install 'asyncjobs-runtime[speedups]'``) and not turned off by ``ASYNCJOBS_STDLIB_JSON=1``."""
     if os.environ.get("ASYNCJOBS_STDLIB_JSON"):
         return None
     try:

@@ -19,6 +19,7 @@ import asyncio
 import heapq
 import itertools
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from asyncjobs.broker import DeadLetter, DeadLetterInfo, Delivery, OutgoingJob, 
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope, peek_id, reads_back_equal
 from asyncjobs.errors import BrokerURLError, QueueFullError
+from asyncjobs.memory_alone import ProducerOnlyWatch
 
 _IDLE_WAKE = 0.5  # upper bound on a sleep, so leases of vanished consumers are reaped
 _LEASE_GARBAGE = 1024  # entries of settled leases tolerated beyond twice the live ones before a compaction
@@ -81,6 +83,8 @@ class MemoryBroker:
         self._token_prefix = uuid.uuid4().hex[:8] + "-"
         self._wakeup: anyio.Event | None = None
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
+        me = weakref.ref(self)  # the watch must not keep a dropped broker and its jobs alive
+        self.watch = ProducerOnlyWatch(url, lambda: len(b._jobs) if (b := me()) is not None else 0)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -150,6 +154,7 @@ class MemoryBroker:
         A job whose :attr:`~asyncjobs.broker.OutgoingJob.envelope` reads back equal from its body
         is delivered with that envelope, so the worker does not parse bytes made in this process.
         """
+        self.watch.enqueued()
         now = monotonic()
         self._check_room(jobs)
         accepted: list[bool] = []
@@ -211,6 +216,7 @@ class MemoryBroker:
 
     async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> MemoryConsumer:
         """A consumer over ``queues``; ``prefetch`` bounds how many leases one fetch takes."""
+        self.watch.consumer_opened()
         return MemoryConsumer(self, list(queues), prefetch, lease_seconds)
 
     def _promote(self, queue: _Queue, now: float) -> float | None:
@@ -314,6 +320,10 @@ class MemoryBroker:
                     queues[stored.queue].in_flight -= 1
                     self._bytes -= len(stored.body)
         return found
+
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether this broker has seen ``queue`` (a job or a consumer on it); creates nothing."""
+        return queue in self._queues
 
     async def stats(self, queue: str) -> QueueStats:
         """Counts of ``queue`` and the age of its oldest ready job."""

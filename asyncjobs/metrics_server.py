@@ -1,6 +1,6 @@
 """A Prometheus endpoint for a worker's metrics (``asyncjobs worker --metrics-port N``).
 
-Needs the ``otel`` extra (``pip install 'asyncjobs[otel]'``): the OpenTelemetry SDK, its Prometheus
+Needs the ``otel`` extra (``pip install 'asyncjobs-runtime[otel]'``): the OpenTelemetry SDK, its Prometheus
 exporter and ``prometheus_client``. The first call in a process installs an SDK ``MeterProvider``
 with a Prometheus reader as the global provider, so every instrument of the runtime reports to it;
 later calls reuse it. Queue depth and the age of the oldest ready job are observable gauges, fed by
@@ -19,6 +19,7 @@ import anyio
 
 from asyncjobs.broker import Broker, QueueStats
 from asyncjobs.errors import ConfigError
+from asyncjobs.extras import install_command
 from asyncjobs.middleware.metrics import metrics_enabled
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OTEL_EXTRA_HINT = "metrics need the optional dependencies: pip install 'asyncjobs[otel]'"
+OTEL_EXTRA_HINT = f"metrics need the optional dependencies: {install_command('otel')}"
 
 
 @dataclass(slots=True)

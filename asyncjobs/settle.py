@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from asyncjobs import instruments
+from asyncjobs import instruments, joblog
 from asyncjobs.attempt import Attempt
 from asyncjobs.broker import Consumer, DeadLetterInfo
 from asyncjobs.clock import monotonic, wall_time
@@ -233,6 +233,7 @@ class Settler:
                     stats.done += 1
                 else:
                     stats.skipped += 1
+                joblog.settled(attempt, kind)
                 continue
             stats.lease_lost += 1
             if retried:
@@ -300,9 +301,10 @@ class Settler:
             self.stats.timed_out += isinstance(outcome.error, JobTimeout)
             error = type(outcome.error).__name__ if outcome.error else "none"
             instruments.retries.add(1, {"task": env.task, "error": error})
-            log.warning("%s failed (%s: %s); retry in %.2fs", attempt.describe(), error, outcome.error, outcome.delay)
+            joblog.settled(attempt, "retried", outcome, f"retry in {outcome.delay:.2f}s")
         elif ok:
             self.stats.deferred += 1
+            joblog.settled(attempt, "deferred", outcome, f"again in {outcome.delay:.2f}s")
         return ok
 
     async def _dead_letter(self, attempt: Attempt, env: Envelope | None, outcome: Outcome) -> bool:
@@ -315,13 +317,7 @@ class Settler:
             self.stats.dead += 1
             self.stats.timed_out += isinstance(outcome.error, JobTimeout)
             instruments.dead_letters.add(1, {"reason": outcome.reason})
-            log.error(
-                "%s dead-lettered (%s): %s: %s",
-                attempt.describe(),
-                outcome.reason,
-                info.error_type,
-                info.error_message,
-            )
+            joblog.settled(attempt, "dead", outcome, "" if outcome.error else f"{info.error_type}: {info.error_message}")
         return ok
 
     async def give_back(self, attempts: Sequence[Attempt]) -> None:
@@ -352,6 +348,8 @@ class Settler:
                 log.error("could not give back %d jobs (%s); they return when their leases end", len(attempts), exc)
         if released:
             self.stats.released += len(attempts)
+            for attempt in attempts:
+                joblog.settled(attempt, "released")
         else:
             self.stats.settle_failed += len(attempts)
         self._free(attempts)

@@ -2,7 +2,7 @@
 
 Stores: :class:`MemoryDedupeStore` (here), ``RedisDedupeStore`` (``asyncjobs.dedupe.redis``,
 needs ``redis``) and ``PostgresDedupeStore`` (``asyncjobs.dedupe.postgres``, needs
-``asyncjobs[postgres]``). :func:`store_from_url` picks one by URL scheme.
+the ``postgres`` extra). :func:`store_from_url` picks one by URL scheme.
 """
 
 from __future__ import annotations

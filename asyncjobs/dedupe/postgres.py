@@ -1,6 +1,6 @@
 """The PostgreSQL dedupe store, for jobs whose side effects live in PostgreSQL.
 
-Needs ``asyncjobs[postgres]`` (psycopg 3 and its pool). Its point is :meth:`PostgresDedupeStore.transaction`:
+Needs the ``postgres`` extra (psycopg 3 and its pool). Its point is :meth:`PostgresDedupeStore.transaction`:
 a handler writes its side effect and marks its key ``done`` in one transaction, so a worker that
 dies after the commit but before the broker's ack leaves a ``done`` key, and the redelivered job
 is skipped; a worker that dies before the commit leaves nothing, and the job runs again. Times
@@ -19,6 +19,7 @@ import anyio
 
 from asyncjobs.dedupe.store import HISTORY_LIMIT, Claim, DedupeRecord, Status, claimable, current_claim, event
 from asyncjobs.errors import AsyncJobsError, ConfigError
+from asyncjobs.extras import install_command
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -57,26 +58,28 @@ class PostgresDedupeStore:
         self.table = table
         self._max = max_connections
         self._pool: Pool | None = None
+        self._created = False
         self._lock = anyio.Lock()
 
-    async def _connection_pool(self) -> Pool:
-        if self._pool is not None:
+    async def _connection_pool(self, *, create: bool = True) -> Pool:
+        """The pool, opened on first use; ``create``: the table is created first if missing (reads pass ``False``)."""
+        if self._pool is not None and (self._created or not create):
             return self._pool
         async with self._lock:
             if self._pool is None:
                 try:
                     from psycopg_pool import AsyncConnectionPool
                 except ImportError:
-                    raise ConfigError(
-                        "the PostgreSQL dedupe store needs psycopg: pip install 'asyncjobs[postgres]'"
-                    ) from None
+                    raise ConfigError(f"the PostgreSQL dedupe store needs psycopg: {install_command('postgres')}") from None
                 pool: Pool = AsyncConnectionPool(
                     self.conninfo, min_size=1, max_size=self._max, kwargs={"autocommit": True}, open=False
                 )
                 await pool.open(wait=True, timeout=10)
-                async with pool.connection() as conn:
-                    await conn.execute(self._sql(_CREATE))
                 self._pool = pool
+            if create and not self._created:
+                async with self._pool.connection() as conn:
+                    await conn.execute(self._sql(_CREATE))
+                self._created = True
         return self._pool
 
     def _sql(self, text: str) -> LiteralString:
@@ -254,16 +257,21 @@ class PostgresDedupeStore:
             await conn.execute(self._sql("DELETE FROM {table} WHERE key = %s AND status = 'pending'"), (key,))
 
     async def get(self, key: str) -> DedupeRecord | None:
-        """See :meth:`DedupeStore.get`."""
-        pool = await self._connection_pool()
+        """See :meth:`DedupeStore.get`. Creates nothing: a table that does not exist holds no record."""
+        from psycopg.errors import UndefinedTable
+
+        pool = await self._connection_pool(create=False)
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                self._sql(
-                    f"SELECT {_COLUMNS} FROM {{table}} WHERE key = %s AND status <> '' "
-                    "AND expires_at > extract(epoch FROM clock_timestamp())"
-                ),
-                (key,),
-            )
+            try:
+                cur = await conn.execute(
+                    self._sql(
+                        f"SELECT {_COLUMNS} FROM {{table}} WHERE key = %s AND status <> '' "
+                        "AND expires_at > extract(epoch FROM clock_timestamp())"
+                    ),
+                    (key,),
+                )
+            except UndefinedTable:
+                return None
             row = await cur.fetchone()
         return _record(dict(zip(_COLUMNS.split(", "), row, strict=True))) if row else None
 

@@ -1,6 +1,6 @@
 """The Redis dedupe store: one hash and one history list per key, changed only by Lua scripts.
 
-Needs the ``redis`` package (installed with ``asyncjobs-redis``). Times come from the Redis
+Needs the ``redis`` package (the ``redis`` extra). Times come from the Redis
 server's clock, so workers whose clocks drift still agree on when a claim expires. Each key's
 two Redis keys share a hash tag, so the layout works on Redis Cluster.
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from asyncjobs.dedupe.store import HISTORY_LIMIT, Claim, DedupeRecord, Status
 from asyncjobs.errors import ConfigError
+from asyncjobs.extras import install_command
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -49,7 +50,7 @@ class RedisDedupeStore:
         try:
             from redis.asyncio import Redis
         except ImportError:
-            raise ConfigError("the Redis dedupe store needs the 'redis' package: pip install asyncjobs-redis") from None
+            raise ConfigError(f"the Redis dedupe store needs the redis client library: {install_command('redis')}") from None
         return cls(Redis.from_url(url), prefix=prefix, owns_client=True)
 
     def _keys(self, key: str) -> list[str]:

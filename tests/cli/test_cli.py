@@ -38,6 +38,12 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
         (["dead", "replay", "--broker", "memory://"], "name dead-letter ids"),
         (["worker", "tests.cli.sample_app:app", "--metrics-port", "70000"], "70000 is not in the range"),
         (["--log-level", "verbose", "stats"], "'verbose' is not one of"),
+        (["dead", "list", "--app", "no_such_module_xyz:app"], "cannot import module 'no_such_module_xyz'"),
+        (["stats", "--broker", "redis://127.0.0.1:1/0"], "server unreachable"),
+        (["stats", "--broker", "amqp://guest:guest@127.0.0.1:1/"], "cannot connect to RabbitMQ (amqp://guest:***@"),
+        (["worker", "tests.cli.sample_app:app", "--broker", "redis://127.0.0.1:1/0"], "server unreachable"),
+        (["dedupe", "show", "k", "--store", "redis://127.0.0.1:1/0"], "Error 111 connecting"),
+        (["worker", "tests.cli.sample_app:app", "--metrics-port", "9", "--metrics-host", "256.0.0.1"], "cannot serve"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_reason(args: list[str], message: str) -> None:
@@ -45,6 +51,7 @@ def test_bad_input_exits_non_zero_with_a_reason(args: list[str], message: str) -
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_broker_url_from_the_environment_is_used() -> None:

@@ -70,7 +70,7 @@ def test_dead_replay_all_handles_every_letter_and_reports_what_it_did() -> None:
 def test_log_lines_escape_control_characters_from_messages() -> None:
     import logging
 
-    from asyncjobs.cli import LiteralFormatter
+    from asyncjobs.logsetup import LiteralFormatter
 
     record = logging.LogRecord("asyncjobs", logging.ERROR, __file__, 1, "job %s failed", (HOSTILE_ID,), None)
     line = LiteralFormatter("%(message)s").format(record)

@@ -58,3 +58,18 @@ def test_dedupe_show_without_a_store_is_a_usage_error() -> None:
     result = cli("dedupe", "show", "k")
     assert result.returncode == 2
     assert "name the store" in result.stderr
+
+
+async def test_dedupe_show_on_postgresql_creates_no_table() -> None:
+    require_server("postgres")
+    import psycopg
+
+    from tests.dedupe.conftest import POSTGRES_URL
+
+    prefix = f"ro{uuid.uuid4().hex[:10]}"
+    done = cli("dedupe", "show", "some-key", "--store", POSTGRES_URL, "--prefix", prefix)
+    assert done.returncode == 1
+    assert "no record of key 'some-key'" in done.stderr
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        cur = await conn.execute("SELECT to_regclass(%s)", (f"{prefix}_dedupe",))
+        assert (await cur.fetchone()) == (None,)

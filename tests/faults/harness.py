@@ -228,7 +228,8 @@ async def scenario_env(
         os.environ[var] = value
     await db.create()
     url = broker_url(kind, ns, base, **query)
-    producer = ledger_app.App(url, enqueue_guard=None)
+    # No enqueue-time dedupe: duplicates of keyed jobs meet the workers' dedupe layer, the same chain
+    producer = ledger_app.App(url, enqueue_guard=None, middleware=ledger_app.app.middleware)
     for spec in ledger_app.app.tasks.values():
         producer.tasks[spec.name] = spec
     env = {**os.environ, **db.env(), "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1"}

@@ -223,6 +223,19 @@ class RabbitBroker:
             ready, scheduled, in_flight = ready + buffered_ready, scheduled + buffered_scheduled, in_flight + held
         return QueueStats(ready=ready, scheduled=scheduled, in_flight=in_flight, dead=dead)
 
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether ``queue``'s work queue exists on the server: a passive declare, which creates nothing."""
+        transport = self.connection.transport
+        if transport is None:
+            raise BrokerConnectionError("RabbitMQ connection is down (reconnecting)")
+        channel = await transport.connection.channel(publisher_confirms=False)
+        try:
+            await channel.queue_declare((await self._ready()).names(queue).work, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:  # the server closed the channel with it
+            return False
+        await channel.close()
+        return True
+
     async def _message_counts(self, queues: Sequence[str]) -> list[int]:
         """Messages waiting in each queue, 0 for one that does not exist; declares nothing."""
         transport = self.connection.transport

@@ -133,7 +133,7 @@ class RedisBroker:
         if version < MIN_SERVER:
             await client.aclose()
             raise BrokerError(
-                f"redis: server {info.get('redis_version')} is too old; asyncjobs-redis needs 6.2 or later"
+                f"redis: server {info.get('redis_version')} is too old; the asyncjobs Redis broker needs 6.2 or later"
             )
         await _warn_if_evicting(client)
         if self._current():  # another task connected meanwhile: keep theirs
@@ -208,6 +208,16 @@ class RedisBroker:
         with broker_errors("stats"):
             ready, scheduled, in_flight, dead, age_ms = await scripts.stats(keys=[*keys.job, keys.dead[0]])
         return QueueStats(ready, scheduled, in_flight, dead, None if age_ms < 0 else age_ms / 1000)
+
+    async def queue_exists(self, queue: str) -> bool:
+        """Whether anything is stored under ``queue`` (a job in any state, a dead letter); reads only.
+
+        Redis has no declared queues: a queue whose every job was done and acked leaves no key.
+        """
+        client, _ = await self.client()
+        keys = self.keys(queue)
+        with broker_errors("check the queue"):
+            return bool(await client.exists(*keys.job, *keys.dead))
 
     async def list_dead(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` dead letters of ``queue``, newest first."""
