@@ -21,6 +21,19 @@ from asyncjobs.errors import AsyncJobsError
 
 T = TypeVar("T")
 CLOSE_TURNS = 5  # turns of the event loop after a command, for the close callbacks of client libraries
+CLOSE_WAIT = 1.0  # then at most this long for the tasks those callbacks started (aio-pika's) to end
+
+
+async def _others_finished(within: float) -> None:
+    """Wait up to ``within`` seconds until no task but this one is left on the loop."""
+    import asyncio
+
+    me = asyncio.current_task()
+    deadline = anyio.current_time() + within
+    while anyio.current_time() < deadline:
+        if not [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+            return
+        await anyio.sleep(0.01)
 console = Console()
 log = logging.getLogger("asyncjobs.cli")
 
@@ -53,6 +66,7 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
             with anyio.CancelScope(shield=True):
                 for _ in range(CLOSE_TURNS):
                     await anyio.lowlevel.checkpoint()
+                await _others_finished(CLOSE_WAIT)
 
     try:
         return anyio.run(then_let_callbacks_finish)
