@@ -118,6 +118,13 @@ class RedisCluster:
                     return next(server for server in self.servers if server.port == port)
         raise LookupError(f"no master for {key!r}")
 
+    def replica_lag_bytes(self, master: RedisServer) -> int:
+        """How many bytes of ``master``'s replication stream its replica has not acknowledged yet."""
+        with self.client(master) as client:
+            info = client.info("replication")
+        offsets = [int(v["offset"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return int(info["master_repl_offset"]) - max(offsets, default=0)
+
     def wait_failover(self, dead: RedisServer, key: str, within: float = 20.0) -> tuple[RedisServer, float]:
         """Wait until ``key``'s slot has a live master other than ``dead``; that master and the seconds."""
         began = time.monotonic()
