@@ -8,19 +8,24 @@ long form (``test_redis_cluster.py``, ``AJ_CLUSTER_TESTS=1``).
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 import anyio
 import pytest
 from asyncjobs_redis import RedisClusterBroker
 from asyncjobs_redis.cluster import MULTI_QUEUE_BLOCK
 from asyncjobs_redis.keys import queue_keys
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 
 from asyncjobs.broker import Broker, Delivery, OutgoingJob
 from asyncjobs.clock import monotonic
+from asyncjobs.dedupe.redis import RedisDedupeStore
 from asyncjobs.errors import BrokerURLError
 from tests.cluster import contract_tests
 from tests.cluster.failover import body_of
+from tests.servers.redis_cluster import RedisCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -123,3 +128,48 @@ async def test_a_waiting_consumer_of_several_queues_wakes_for_a_job_in_any_of_th
         assert woke and woke[0] < 0.3 + MULTI_QUEUE_BLOCK, f"woke after {woke}"
     finally:
         await consumer.close()
+
+
+def dedupe_store(redis_nodes: RedisCluster) -> RedisDedupeStore:
+    client = ClusterClient.from_url(redis_nodes.url.replace("redis+cluster://", "redis://"))
+    return RedisDedupeStore(cast(Redis, client), prefix=f"d{uuid.uuid4().hex[:8]}", owns_client=True)
+
+
+KEYS = [f"k{i}" for i in range(12)]
+
+
+async def test_the_redis_dedupe_store_on_a_cluster_client_claims_and_completes_keys_of_every_slot(
+    redis_nodes: RedisCluster,
+) -> None:
+    store = dedupe_store(redis_nodes)
+    assert len({key_slot(f"{{{key}}}".encode()) for key in KEYS}) > 1
+    try:
+        for key in KEYS:
+            assert (await store.claim(key, "me", lease_seconds=30, ttl=60)).status == "claimed"
+            assert await store.extend(key, "me", 30)
+            assert not await store.extend(key, "other", 30)
+            assert await store.complete(key, "me", 60)
+        assert (await store.claim(KEYS[3], "you", lease_seconds=30, ttl=60)).status == "done"
+    finally:
+        for key in KEYS:
+            await store.delete(key)
+        await store.close()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="RedisDedupeStore.extend_many pipelines EVALSHA, which redis-py's cluster pipeline refuses: "
+    "RedisClusterException 'Calling pipelined function evalsha is blocked when running redis in cluster mode'",
+)
+async def test_the_redis_dedupe_store_on_a_cluster_client_extends_many_claims_in_one_call(
+    redis_nodes: RedisCluster,
+) -> None:
+    store = dedupe_store(redis_nodes)
+    try:
+        for key in KEYS:
+            await store.claim(key, "me", lease_seconds=30, ttl=60)
+        assert await store.extend_many([(key, "me") for key in KEYS], 30) == [True] * 12
+    finally:
+        for key in KEYS:
+            await store.delete(key)
+        await store.close()
