@@ -1,4 +1,4 @@
-"""The quick cluster check of the default run: asyncjobs on a private Redis Cluster (about 10 s).
+"""The quick cluster check of the default run: asyncjobs on a private Redis Cluster (about 17 s).
 
 The URL form, one hash slot per queue, work spread over several queues (so over several masters),
 and the contract tests that cross queues. The whole contract suite and the failover run in the
@@ -25,7 +25,8 @@ from asyncjobs.dedupe.redis import RedisDedupeStore
 from asyncjobs.errors import BrokerURLError
 from tests.cluster import contract_tests
 from tests.cluster.failover import body_of
-from tests.servers.redis_cluster import RedisCluster
+from tests.servers import pid_alive, port_open
+from tests.servers.redis_cluster import RedisCluster, redis_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -173,3 +174,17 @@ async def test_the_redis_dedupe_store_on_a_cluster_client_extends_many_claims_in
         for key in KEYS:
             await store.delete(key)
         await store.close()
+
+
+def test_the_private_redis_cluster_has_three_masters_three_replicas_and_leaves_nothing_behind() -> None:
+    with redis_cluster() as cluster:
+        roles = sorted(cluster.role(server) for server in cluster.servers)
+        assert roles == ["master"] * 3 + ["slave"] * 3
+        with cluster.client(cluster.servers[0]) as client:
+            assert client.config_get("appendfsync")["appendfsync"] == "always"
+            assert client.config_get("appendonly")["appendonly"] == "yes"
+        pids = [server.pid for server in cluster.servers]
+        ports, base = [server.port for server in cluster.servers], cluster.base
+    assert not any(pid is not None and pid_alive(pid) for pid in pids)
+    assert not any(port_open(port) for port in ports)
+    assert not base.exists()
