@@ -39,6 +39,8 @@ ENTRY_POINT_GROUP = "asyncjobs.brokers"
 KNOWN_EXTRAS = {
     "redis": "redis",
     "rediss": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
     "amqp": "rabbitmq",
     "amqps": "rabbitmq",
 }

@@ -26,6 +26,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:
+        return False
+    return isinstance(client, RedisCluster)
+
+
 def _float(value: Any) -> float | None:
     return float(_text(value)) if value not in (None, b"", "") else None
 
@@ -78,6 +86,8 @@ class RedisDedupeStore:
         """:meth:`extend` of every ``(key, owner)`` pair, in one pipelined round trip."""
         if not claims:
             return []
+        if _is_cluster(self._redis):  # a cluster pipeline refuses scripts: one call per key's slot
+            return [await self.extend(key, owner, lease_seconds) for key, owner in claims]
         script = self._scripts["extend"]
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, owner in claims:

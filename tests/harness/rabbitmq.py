@@ -13,9 +13,12 @@ URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @asynccontextmanager
-async def rabbitmq_harness(namespace: str, queue_type: str = "quorum") -> AsyncIterator[Broker]:
-    """A connected RabbitMQ broker whose queues are named ``<namespace>.<queue>`` and deleted at the end."""
-    broker = RabbitBroker(f"{URL}?queue_type={queue_type}&queue_prefix={namespace}.&connection_name=test-{namespace}")
+async def rabbitmq_harness(namespace: str, queue_type: str = "quorum", url: str = URL) -> AsyncIterator[Broker]:
+    """A connected RabbitMQ broker whose queues are named ``<namespace>.<queue>`` and deleted at the end.
+
+    ``url``: the server (a private node or a cluster's node; default the shared one).
+    """
+    broker = RabbitBroker(f"{url}?queue_type={queue_type}&queue_prefix={namespace}.&connection_name=test-{namespace}")
     await broker.connect()
     try:
         yield broker

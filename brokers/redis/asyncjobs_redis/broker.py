@@ -110,11 +110,9 @@ class RedisBroker:
             return False
         return True
 
-    async def connect(self) -> None:
-        """Open the connection pool and check the server. Idempotent."""
-        if self._current():
-            return
-        client = Redis.from_url(
+    def _new_client(self) -> Redis:
+        """The client of the server (the hook where a cluster broker makes its cluster client)."""
+        return Redis.from_url(
             self._client_url,
             decode_responses=False,
             socket_timeout=self.socket_timeout,
@@ -123,6 +121,12 @@ class RedisBroker:
             retry=Retry(NoBackoff(), 0),
             **_client_options(),
         )
+
+    async def connect(self) -> None:
+        """Open the connection pool and check the server. Idempotent."""
+        if self._current():
+            return
+        client = self._new_client()
         try:
             with broker_errors("connect"):
                 info: dict[str, Any] = await client.info("server")
