@@ -18,11 +18,16 @@ from asyncjobs.errors import (
     BrokerURLError,
     ConfigError,
     EnvelopeError,
+    JobCancelledError,
+    JobFailedError,
     JobTimeout,
     LeaseLost,
+    NoResultStoreError,
     PayloadTooLargeError,
     PermanentError,
     QueueFullError,
+    ResultTimeoutError,
+    ResultTooLargeError,
     Retry,
     UnknownTaskError,
 )
@@ -30,6 +35,7 @@ from asyncjobs.job import Job, Outcome
 from asyncjobs.middleware.chain import CallNext, Middleware, WrappingMiddleware
 from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
+from asyncjobs.results import JobStatus, MemoryResultStore, ResultStore, progress
 from asyncjobs.retrying import Backoff, RetryPolicy
 from asyncjobs.settle import WorkerStats
 from asyncjobs.task import Task, TaskOptions
@@ -56,17 +62,25 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "Job",
+    "JobCancelledError",
+    "JobFailedError",
     "JobRef",
+    "JobStatus",
     "JobTimeout",
     "LeaseLost",
     "MemoryDedupeStore",
+    "MemoryResultStore",
     "Middleware",
+    "NoResultStoreError",
     "Outcome",
     "OutgoingJob",
     "PayloadTooLargeError",
     "PermanentError",
     "QueueFullError",
     "QueueStats",
+    "ResultStore",
+    "ResultTimeoutError",
+    "ResultTooLargeError",
     "Retry",
     "RetryPolicy",
     "Task",
@@ -81,6 +95,7 @@ __all__ = [
     "current_claim",
     "from_url",
     "key_for",
+    "progress",
     "run_sync",
     "run_worker",
 ]

@@ -29,6 +29,7 @@ loop_stall_seconds = _meter.create_histogram(
     "asyncjobs.loop.stall_duration", unit="s", description="How long the event loop was blocked"
 )
 in_flight = _meter.create_up_down_counter("asyncjobs.jobs.in_flight", description="Jobs running in this worker")
+cancelled = _meter.create_counter("asyncjobs.job.cancelled", description="Jobs acked as cancelled by a user, by task")
 cancellation_swallowed = _meter.create_counter(
     "asyncjobs.job.cancellation_swallowed", description="Handlers that caught their own cancellation"
 )

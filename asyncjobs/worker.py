@@ -35,6 +35,7 @@ from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.retry import RetryMiddleware, classify_failure
 from asyncjobs.middleware.timeout import TimeoutMiddleware
 from asyncjobs.middleware.tracing import observability_layers
+from asyncjobs.results.watch import JobWatcher
 from asyncjobs.settle import Settler, WorkerStats
 from asyncjobs.waiters import Waiters
 
@@ -91,7 +92,9 @@ class Worker:
             layer.for_worker(lease, beat) if isinstance(layer, DedupeMiddleware) else layer
             for layer in (*middleware, *app.middleware)
         ]
-        layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        store = app.results  # job handles: status, results, cancel marks, progress (None: the broker keeps none)
+        self.jobs = JobWatcher(app, store, beat if beat > 0 else lease / 3) if store is not None else None
+        layers = [*outer, *placed, *dedupe, *([self.jobs] if self.jobs else []), RetryMiddleware(), TimeoutMiddleware()]
         self._chain: CallNext = build_chain(layers, invoke)
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
@@ -141,11 +144,14 @@ class Worker:
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )
         keeper = self.keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
-        settler = Settler(consumer, self.stats, self._free)
+        settler = Settler(consumer, self.stats, self._free, self.jobs.record if self.jobs else None)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
                 services.start_soon(self.stall.run)
+                if self.jobs is not None:
+                    self.jobs.bind(keeper.held)
+                    services.start_soon(self.jobs.run)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
                 services.start_soon(self._stop_when_asked, keeper, settler)
