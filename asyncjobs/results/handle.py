@@ -86,8 +86,7 @@ async def status(app: App, job_id: str) -> JobStatus:
 async def result(app: App, job_id: str, task: str | None, timeout: float | None) -> Any:  # noqa: ASYNC109
     """See :meth:`JobRef.result <asyncjobs.JobRef.result>`."""
     spec = app.tasks.get(task) if task is not None else None
-    if spec is not None and spec.options.keep_result <= 0:
-        raise ConfigError(f"task {task!r} keeps no results: register it with keep_result=SECONDS")
+    keeps = spec is None or spec.options.keep_result > 0
     store = require_store(app)
     deadline = monotonic() + (timeout if timeout is not None else math.inf)
     while True:
@@ -100,6 +99,8 @@ async def result(app: App, job_id: str, task: str | None, timeout: float | None)
             raise JobFailedError(f"job {job_id} failed ({found.reason}): {found.error or 'no error recorded'}", found)
         if found.state == "cancelled":
             raise JobCancelledError(f"job {job_id} was cancelled", found)
+        if not keeps:
+            raise ConfigError(f"task {task!r} keeps no results: register it with keep_result=SECONDS")
         left = deadline - monotonic()
         if left <= 0:
             raise ResultTimeoutError(f"job {job_id} has not finished after {timeout:g}s (it is {found.state})")
