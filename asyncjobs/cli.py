@@ -510,5 +510,8 @@ def size(
     sys.exit(0 if ok else 1)
 
 
+main.add_command(importlib.import_module("asyncjobs.results.cli").job)  # asyncjobs job show/cancel
+
+
 if __name__ == "__main__":
     main()

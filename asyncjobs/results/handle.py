@@ -109,9 +109,30 @@ async def result(app: App, job_id: str, task: str | None, timeout: float | None)
 
 async def cancel(app: App, job_id: str) -> JobStatus:
     """See :meth:`JobRef.cancel <asyncjobs.JobRef.cancel>`."""
-    store = require_store(app)
+    return (await cancel_in(require_store(app), job_id))[0]
+
+
+async def cancel_in(store: ResultStore, job_id: str) -> tuple[JobStatus, bool]:
+    """Set the cancel mark of ``job_id`` in ``store`` unless the job is over: its status after, and
+    whether the mark was set (``False``: it had ended already)."""
     record, _ = await store.get(job_id)
     if record is not None and record.get("status") in ("done", "dead", "cancelled"):
-        return status_of(job_id, record, False)  # over already: nothing to cancel
+        return status_of(job_id, record, False), False  # over already: nothing to cancel
     await store.cancel(job_id)
-    return await status(app, job_id)
+    record, marked = await store.get(job_id)
+    return status_of(job_id, record, marked), True
+
+
+def store_from_url(url: str, *, prefix: str = "asyncjobs") -> ResultStore:
+    """The result store a URL names: ``redis://...`` (key prefix ``prefix``) or ``postgresql://...``
+    (table ``PREFIX_jobs``)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from asyncjobs.results.redis import RedisResultStore
+
+        return RedisResultStore.from_url(url, prefix=prefix)
+    if scheme in ("postgresql", "postgres"):
+        from asyncjobs.results.postgres import PostgresResultStore
+
+        return PostgresResultStore(url, table=f"{prefix}_jobs")
+    raise ConfigError(f"no result store for URL {url!r}; expected redis://... or postgresql://...")

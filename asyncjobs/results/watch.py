@@ -157,11 +157,12 @@ class JobWatcher:
         keep = self._keep(env.task)
         watched = job_id in self._watched
         self._watched.discard(job_id)
-        self._progress.pop(job_id, None)
+        pending = self._progress.pop(job_id, None)  # the latest progress goes with the outcome
         kind = outcome.kind
         if kind in ("skipped", "deferred") or (keep <= 0 and not watched and kind != "cancelled"):
             return outcome
         fields: dict[str, Any] = {"status": kind, "task": env.task, "attempt": attempt.number, "worker": WORKER_NAME}
+        fields.update(pending or {})
         fields["updated_at"] = wall_time()
         fields["reason"] = outcome.reason
         if kind == "done":

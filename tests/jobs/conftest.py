@@ -48,7 +48,7 @@ def result_store(kind: str, namespace: str) -> ResultStore | None:
         require_server("postgres")
         from asyncjobs.results.postgres import PostgresResultStore
 
-        return PostgresResultStore(POSTGRES_URL, table=f"jobs_{namespace}")
+        return PostgresResultStore(POSTGRES_URL, table=f"{namespace}_jobs")
     return None
 
 
@@ -74,4 +74,4 @@ async def app(request: pytest.FixtureRequest) -> AsyncIterator[App]:
 
                 await delete_prefix(namespace)
             if store_kind == "postgres":
-                await drop_table(f"jobs_{namespace}")
+                await drop_table(f"{namespace}_jobs")
