@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from asyncjobs.clock import monotonic
-from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
 
 
 class MemoryResultStore:
@@ -90,20 +90,16 @@ class MemoryResultStore:
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float
-    ) -> tuple[set[str], bool]:
+    ) -> tuple[set[str], frozenset[str] | None]:
         """See :meth:`ResultStore.beat`."""
         for job_id, fields in progress.items():
             self._merge(job_id, fields, ttl)
-        return {job_id for job_id in held if self._mark(job_id)}, bool(self._cancels)
+        marks = frozenset(self._cancels) if len(self._cancels) <= MARKS_LISTED else None
+        return {job_id for job_id in held if self._mark(job_id)}, marks
 
     async def cancelled(self, job_id: str) -> bool:
         """See :meth:`ResultStore.cancelled`."""
         return bool(self._cancels) and self._mark(job_id)
-
-    @property
-    def any_cancels(self) -> bool:
-        """Whether any cancel mark may be live (checked before each run, at no cost)."""
-        return bool(self._cancels)
 
     async def cancel(self, job_id: str, ttl: float = CANCEL_TTL) -> None:
         """See :meth:`ResultStore.cancel`."""

@@ -17,7 +17,7 @@ import anyio
 
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import ConfigError
-from asyncjobs.results.store import CANCEL_TTL, FINAL, HISTORY_LIMIT, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import CANCEL_TTL, FINAL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -153,7 +153,7 @@ class PostgresResultStore:
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float
-    ) -> tuple[set[str], bool]:
+    ) -> tuple[set[str], frozenset[str] | None]:
         """See :meth:`ResultStore.beat`: the progress upserts and one query, on one connection."""
         pool = await self._connection_pool()
         now = wall_time()
@@ -163,13 +163,13 @@ class PostgresResultStore:
                     await cur.executemany(self._sql(_MERGE), [self._params(i, f, ttl) for i, f in progress.items()])
             cur = await conn.execute(
                 self._sql(
-                    "SELECT COALESCE(array_agg(id) FILTER (WHERE id = ANY(%(held)s)), '{}'), count(*) "
-                    "FROM {table} WHERE cancel_until > %(now)s"
+                    "SELECT COALESCE(array_agg(id) FILTER (WHERE id = ANY(%(held)s)), '{}'), "
+                    "(array_agg(id))[1:%(listed)s], count(*) FROM {table} WHERE cancel_until > %(now)s"
                 ),
-                {"held": list(held), "now": now},
+                {"held": list(held), "now": now, "listed": MARKS_LISTED},
             )
-            row = cast(tuple[Any, Any], await cur.fetchone())
-        return set(row[0]), bool(row[1])
+            row = cast(tuple[Any, Any, Any], await cur.fetchone())
+        return set(row[0]), frozenset(row[1] or ()) if row[2] <= MARKS_LISTED else None
 
     async def cancelled(self, job_id: str) -> bool:
         """See :meth:`ResultStore.cancelled`."""

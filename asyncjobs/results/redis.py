@@ -17,13 +17,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from asyncjobs.clock import wall_time
 from asyncjobs.errors import ConfigError
-from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
-_WAIT_SLICE = 30.0  # the longest single blocking call of a wait (a longer wait blocks again)
+_WAIT_SLICE = 2.0  # the longest single blocking call of a wait: below redis-py's default 5 s socket timeout
 
 _QUEUED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -147,22 +147,24 @@ class RedisResultStore:
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float
-    ) -> tuple[set[str], bool]:
+    ) -> tuple[set[str], frozenset[str] | None]:
         """See :meth:`ResultStore.beat`."""
         now = wall_time()
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id, fields in progress.items():
                 self._merge(pipe, job_id, fields, ttl)
             pipe.zremrangebyscore(self._cancels, "-inf", now)
-            pipe.zcard(self._cancels)
+            pipe.zrange(self._cancels, 0, MARKS_LISTED)
             if held:
                 pipe.zmscore(self._cancels, list(held))
             replies = await pipe.execute()
-        if not held:
-            return set(), bool(replies[-1])
-        scores = replies[-1]
-        marked = {job_id for job_id, score in zip(held, scores, strict=True) if score is not None}
-        return marked, bool(replies[-2])
+        if held:
+            scores, listed = replies[-1], replies[-2]
+            marked = {job_id for job_id, score in zip(held, scores, strict=True) if score is not None}
+        else:
+            marked, listed = set(), replies[-1]
+        marks = frozenset(_text(m) for m in listed) if len(listed) <= MARKS_LISTED else None
+        return marked, marks
 
     async def cancelled(self, job_id: str) -> bool:
         """See :meth:`ResultStore.cancelled`."""
@@ -192,7 +194,7 @@ class RedisResultStore:
         return doc, marked
 
     async def wait(self, job_id: str, seconds: float) -> None:
-        """See :meth:`ResultStore.wait`: blocks on the job's notify list, in slices of at most 30 s."""
+        """See :meth:`ResultStore.wait`: blocks on the job's notify list, in slices of at most 2 s."""
         _, _, notify = self._keys(job_id)
         wait = max(0.01, min(seconds, _WAIT_SLICE))
         await self._redis.blmove(notify, notify, wait, "LEFT", "RIGHT")  # type: ignore[arg-type]  # Redis takes a float

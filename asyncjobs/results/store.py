@@ -25,6 +25,8 @@ DEFAULT_TTL = 86_400.0
 CANCEL_TTL = 7 * 86_400.0
 """Seconds a cancel mark lives: a job scheduled further ahead than this runs after all."""
 HISTORY_LIMIT = 20
+MARKS_LISTED = 1000
+"""A heartbeat brings every live cancel mark home when there are at most this many."""
 MAX_RESULT_BYTES = 1024 * 1024
 
 
@@ -152,11 +154,12 @@ class ResultStore(Protocol):
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float
-    ) -> tuple[set[str], bool]:
+    ) -> tuple[set[str], frozenset[str] | None]:
         """One round trip per heartbeat: write buffered ``progress``, find cancel marks.
 
-        Returns the ids among ``held`` that have a cancel mark, and whether the store has any
-        cancel mark at all (a worker checks jobs before running them only while it has).
+        Returns the ids among ``held`` that have a cancel mark, and every live cancel mark when
+        there are at most :data:`MARKS_LISTED` (``None`` when there are more): a worker checks the
+        jobs it is about to run against that list, and asks the store only when it is ``None``.
         """
         ...
 

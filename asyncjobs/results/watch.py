@@ -25,6 +25,7 @@ import anyio
 import anyio.lowlevel
 
 from asyncjobs.clock import wall_time
+from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import ResultTooLargeError
 from asyncjobs.job import Job, Outcome
 from asyncjobs.results.store import DEFAULT_TTL, ResultStore, encode_result
@@ -66,7 +67,7 @@ class JobWatcher:
         self._held: Mapping[Delivery, Attempt] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # job id -> latest progress, not written yet
         self._watched: set[str] = set()  # jobs that reported progress: their outcome is recorded too
-        self._any_cancels = True  # until the first beat says otherwise
+        self._marks: frozenset[str] | None = None  # every live cancel mark as of the last beat (None: ask)
 
     def bind(self, held: Mapping[Delivery, Attempt]) -> None:
         """Watch the leases of this mapping (the lease keeper's, by delivery)."""
@@ -91,10 +92,10 @@ class JobWatcher:
                 "next_at": None,
             }
             marked = await self.store.started(job.id, fields, keep)
-        elif self._any_cancels or getattr(self.store, "any_cancels", False):
+        elif self.store.local or self._marks is None:
             marked = await self.store.cancelled(job.id)
-        else:
-            marked = False
+        else:  # the marks the last beat brought: a cancel newer than that stops the job at the next beat
+            marked = job.id in self._marks
         if marked:
             attempt = self._held.get(job.delivery)
             if attempt is not None:
@@ -133,7 +134,7 @@ class JobWatcher:
         held = {a.delivery.job_id: a for a in self._held.values() if a.phase != "settling" and a.delivery.job_id}
         progress, self._progress = self._progress, {}
         try:
-            marked, self._any_cancels = await self.store.beat(progress, list(held), DEFAULT_TTL)
+            marked, self._marks = await self.store.beat(progress, list(held), DEFAULT_TTL)
         except Exception as exc:
             log.warning("result store beat failed (%s: %s); trying again next beat", type(exc).__name__, exc)
             self._progress = {**progress, **self._progress}
@@ -152,6 +153,8 @@ class JobWatcher:
         ends (never acked without its result).
         """
         env, job_id = attempt.envelope, attempt.delivery.job_id
+        if env is None and outcome.kind == "cancelled":  # cancelled before it started: read what it was
+            env = _decoded(attempt)
         if env is None or job_id is None:
             return outcome
         keep = self._keep(env.task)
@@ -189,3 +192,14 @@ class JobWatcher:
             )
             return None
         return outcome
+
+
+def _decoded(attempt: Attempt) -> Envelope | None:
+    """The envelope of an attempt cancelled before it started (its task named in logs and metrics)."""
+    delivery = attempt.delivery
+    try:
+        env = delivery.envelope or decode(delivery.body)
+    except Exception:  # unreadable: acked as cancelled all the same, without a record
+        return None
+    attempt.envelope, attempt.task = env, env.task
+    return env

@@ -106,3 +106,55 @@ async def test_cancelling_a_finished_job_changes_nothing(app: App) -> None:
         assert await ref.result(timeout=10) == 7
     assert (await ref.cancel()).state == "done"
     assert await ref.result(timeout=1) == 7
+
+
+async def test_cancelled_jobs_are_counted_in_the_metrics() -> None:
+    import uuid
+
+    from asyncjobs.memory import MemoryBroker
+    from asyncjobs.metrics_server import serve_metrics
+    from tests.observability.test_metrics import free_port, scrape, value
+
+    app = App(MemoryBroker(f"memory://{uuid.uuid4().hex}"))
+    name = f"cancelled_{uuid.uuid4().hex[:8]}"  # counters are per process: a task name of this test only
+
+    @app.task(name=name)
+    async def work() -> None:
+        pass
+
+    for ref in [await work.enqueue() for _ in range(3)][:2]:
+        await ref.cancel()
+    port = free_port()
+    async with serve_metrics(port, app.broker, ["default"], poll_seconds=0.1), running(app, **FAST) as worker:
+        await wait_for(lambda: worker.stats.cancelled == 2 and worker.stats.done == 1)
+        samples = await anyio.to_thread.run_sync(scrape, port)
+    assert value(samples, "asyncjobs_job_cancelled_total", task=name) == 2
+
+
+async def test_with_marks_listed_by_the_heartbeat_jobs_are_checked_without_a_store_call(app: App) -> None:
+    store = app.results
+    assert store is not None
+    asked: list[str] = []
+    cancelled = store.cancelled
+
+    async def counted(job_id: str) -> bool:
+        asked.append(job_id)
+        return await cancelled(job_id)
+
+    store.cancelled = counted  # type: ignore[method-assign]
+    ran: list[int] = []
+
+    @app.task(keep_result=0)
+    async def work(n: int) -> None:
+        ran.append(n)
+
+    await store.cancel("a-job-scheduled-for-next-week")  # a live mark: checks stay on
+    async with running(app, **FAST) as worker:
+        await anyio.sleep(0.5)  # a few heartbeats: the worker knows every mark
+        refs = [await work.enqueue(n) for n in range(20)]
+        await refs[7].cancel()
+        await anyio.sleep(0.5)
+        await wait_for(lambda: worker.stats.done + worker.stats.cancelled == 20)
+    assert sorted(ran) == [n for n in range(20) if n != 7] or (7 in ran and worker.stats.cancelled == 0)
+    if not store.local:
+        assert asked == []  # checked against the marks the heartbeat brought, no round trip per job

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
 from asyncjobs import App, JobFailedError, Retry
 from asyncjobs.errors import ConfigError, NoResultStoreError, ResultTimeoutError
+from asyncjobs.memory import MemoryBroker
 from asyncjobs.results.handle import DEFAULT_KEEP, default_keep
 from tests.runtime.helpers import running
 
@@ -201,3 +204,41 @@ async def test_an_amqp_app_without_a_store_names_the_fix() -> None:
         await ref.result(timeout=1)
     with pytest.raises(NoResultStoreError):
         await ref.cancel()
+
+
+async def test_a_result_the_store_fails_to_write_is_not_acked_and_the_job_runs_again(app: App) -> None:
+    store = app.results
+    assert store is not None
+    write = store.write
+    failures: list[str] = []
+
+    async def flaky(job_id: str, fields: Any, ttl: float, *, final: bool = False) -> None:
+        if final and not failures:
+            failures.append(job_id)
+            raise ConnectionError("result store unreachable")
+        await write(job_id, fields, ttl, final=final)
+
+    store.write = flaky  # type: ignore[method-assign]
+    runs: list[int] = []
+
+    @app.task(keep_result=60)
+    async def once() -> int:
+        runs.append(1)
+        return len(runs)
+
+    ref = await once.enqueue()
+    async with running(app, **FAST) as first:
+        await wait_for_stats(lambda: first.stats.settle_failed == 1)
+    assert (await ref.status()).state == "running"  # no result recorded, and none acked
+    if isinstance(app.broker, MemoryBroker):
+        app.broker.expire_leases()  # as if that worker had vanished
+    async with running(app, **FAST) as second:  # amqp:// gives a job back when its channel closes
+        assert await ref.result(timeout=20) == 2  # the second run's result: never one without its run
+    assert second.stats.done == 1
+    assert len(runs) == 2
+
+
+async def wait_for_stats(condition: Any, within: float = 10.0) -> None:
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
