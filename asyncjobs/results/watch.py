@@ -77,6 +77,14 @@ class JobWatcher:
         spec = self.app.tasks.get(task) if task is not None else None
         return spec.options.keep_result if spec is not None else 0.0
 
+    def wrap(self, call_next: Callable[[Job], Awaitable[Outcome]]) -> Callable[[Job], Awaitable[Outcome]]:
+        """This layer around ``call_next``, composed once (see :class:`~asyncjobs.WrappingMiddleware`)."""
+
+        async def call(job: Job) -> Outcome:
+            return await self(job, call_next)
+
+        return call
+
     async def __call__(self, job: Job, call_next: Callable[[Job], Awaitable[Outcome]]) -> Outcome:
         """Record the start (kept tasks), refuse a cancelled job, run it with progress reporting on."""
         keep = job.spec.options.keep_result
