@@ -134,7 +134,7 @@ class App:
         self.max_payload_bytes = max_payload_bytes
         self.default_queue = default_queue
         self._results = results
-        self._results_chosen = results is not None
+        self._results_chosen = self._results_given = results is not None
 
     @property
     def results(self) -> ResultStore | None:
@@ -158,6 +158,7 @@ class App:
         """Switch to another broker (a URL or an object) before connecting."""
         self._broker = None if isinstance(broker, str) else broker
         self.broker_url = broker if isinstance(broker, str) else broker.url
+        self._results_chosen = self._results_given  # a natural result store follows the broker
 
     async def __aenter__(self) -> App:
         await self.broker.connect()

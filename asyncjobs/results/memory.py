@@ -10,19 +10,23 @@ import anyio
 from asyncjobs.clock import monotonic
 from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
 
+MAX_RECORDS = 100_000
+
 
 class MemoryResultStore:
     """Records and cancel marks in a dict of this process; :meth:`wait` waits on an event.
 
     :meth:`named` gives the store shared by every app of a process on the same ``memory://NAME``
-    broker, so ``app.job(id)`` finds a job another app of the process enqueued.
+    broker, so ``app.job(id)`` finds a job another app of the process enqueued. At most
+    ``max_records`` records are kept: past that, expired ones are dropped, then the oldest.
     """
 
     local = True
     _named: dict[str, MemoryResultStore] = {}
 
-    def __init__(self, *, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
+    def __init__(self, *, max_result_bytes: int = MAX_RESULT_BYTES, max_records: int = MAX_RECORDS) -> None:
         self.max_result_bytes = max_result_bytes
+        self.max_records = max_records
         self._records: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (record, expires at, monotonic)
         self._cancels: dict[str, float] = {}  # id -> expires at
         self._events: dict[str, anyio.Event] = {}
@@ -47,17 +51,19 @@ class MemoryResultStore:
         if "status" in fields:
             record["history"] = [*record["history"], history_entry(fields)][-HISTORY_LIMIT:]
         self._records[job_id] = (record, monotonic() + ttl)
-        if len(self._records) > 4 * (self._sweep_at or 1024):
+        if len(self._records) > self.max_records:
             self._sweep()
 
-    _sweep_at = 0
-
     def _sweep(self) -> None:
-        """Forget expired records (amortised: runs when the dict has grown fourfold since the last sweep)."""
+        """Forget expired records, then the oldest until a tenth of the room is free (amortised)."""
         now = monotonic()
-        self._records = {k: v for k, v in self._records.items() if v[1] > now}
+        records = {k: v for k, v in self._records.items() if v[1] > now}
+        over = len(records) - self.max_records * 9 // 10
+        if over > 0:  # a dict keeps the order records were created in: the first are the oldest
+            for job_id in list(records)[:over]:
+                del records[job_id]
+        self._records = records
         self._cancels = {k: v for k, v in self._cancels.items() if v > now}
-        self._sweep_at = max(len(self._records), 1024)
 
     def _mark(self, job_id: str) -> bool:
         until = self._cancels.get(job_id)

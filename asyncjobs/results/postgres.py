@@ -36,8 +36,10 @@ CREATE TABLE IF NOT EXISTS {table} (
     history jsonb NOT NULL DEFAULT '[]'::jsonb,
     expires_at double precision NOT NULL DEFAULT 0,
     cancel_until double precision
-)
+);
+CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)
 """
+_SWEEP_EVERY = 100  # heartbeats between two deletes of expired rows (by each worker)
 
 # Merge a record: an expired row starts afresh; history keeps its last HISTORY_LIMIT entries.
 _MERGE = f"""
@@ -87,6 +89,7 @@ class PostgresResultStore:
         self._max = max_connections
         self._pool: Pool | None = None
         self._lock = anyio.Lock()
+        self._beats = 0
 
     async def _connection_pool(self) -> Pool:
         if self._pool is not None:
@@ -110,7 +113,8 @@ class PostgresResultStore:
 
     def _sql(self, text: str) -> LiteralString:
         # the table name was checked against _NAME: safe to place in the statement
-        statement: LiteralString = text.replace("{table}", f'"{self.table}"')  # type: ignore[assignment,unused-ignore]
+        named = text.replace("{table}", f'"{self.table}"').replace("{index}", f'"{self.table}_expires"')
+        statement: LiteralString = named  # type: ignore[assignment,unused-ignore]
         return statement
 
     @staticmethod
@@ -157,7 +161,15 @@ class PostgresResultStore:
         """See :meth:`ResultStore.beat`: the progress upserts and one query, on one connection."""
         pool = await self._connection_pool()
         now = wall_time()
+        self._beats += 1
         async with pool.connection() as conn:
+            if self._beats % _SWEEP_EVERY == 1:  # the first beat, then every so often: forget what expired
+                await conn.execute(
+                    self._sql(
+                        "DELETE FROM {table} WHERE expires_at < %(now)s AND (cancel_until IS NULL OR cancel_until < %(now)s)"
+                    ),
+                    {"now": now},
+                )
             if progress:
                 async with conn.cursor() as cur:
                     await cur.executemany(self._sql(_MERGE), [self._params(i, f, ttl) for i, f in progress.items()])
