@@ -25,6 +25,25 @@ if TYPE_CHECKING:
 
 _WAIT_SLICE = 2.0  # the longest single blocking call of a wait: below redis-py's default 5 s socket timeout
 
+# Merge a record (KEYS: record, history, notify; ARGV: ttl, history entry or '', final flag or '',
+# then field/value pairs). The cancel marks live in a key of their own slot: not touched here.
+_MERGE = f"""
+local ttl = tonumber(ARGV[1])
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+redis.call('EXPIRE', KEYS[1], ttl)
+if ARGV[2] ~= '' then
+    redis.call('RPUSH', KEYS[2], ARGV[2])
+    redis.call('LTRIM', KEYS[2], -{HISTORY_LIMIT}, -1)
+    redis.call('EXPIRE', KEYS[2], ttl)
+end
+if ARGV[3] ~= '' then
+    redis.call('DEL', KEYS[3])
+    redis.call('RPUSH', KEYS[3], '1')
+    redis.call('EXPIRE', KEYS[3], ttl)
+end
+return 0
+"""
+
 _QUEUED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -103,15 +122,11 @@ class RedisResultStore:
     def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
         return {k: (v if k == "result" else json.dumps(v)) for k, v in fields.items()}
 
-    def _merge(self, pipe: Pipeline, job_id: str, fields: Mapping[str, Any], ttl: float) -> None:
-        record, history, _ = self._keys(job_id)
-        seconds = max(1, int(ttl))
-        pipe.hset(record, mapping=self._encode(fields))  # type: ignore[arg-type]
-        pipe.expire(record, seconds)
-        if "status" in fields:
-            pipe.rpush(history, json.dumps(history_entry(fields)))
-            pipe.ltrim(history, -HISTORY_LIMIT, -1)
-            pipe.expire(history, seconds)
+    def _merge(self, pipe: Pipeline, job_id: str, fields: Mapping[str, Any], ttl: float, final: bool = False) -> None:
+        """One script call: merge ``fields``, append the history entry, on ``final`` fill the notify list."""
+        entry = json.dumps(history_entry(fields)) if "status" in fields else ""
+        flat = [part for pair in self._encode(fields).items() for part in pair]
+        pipe.eval(_MERGE, 3, *self._keys(job_id), max(1, int(ttl)), entry, "1" if final else "", *flat)
 
     async def queued(self, jobs: Sequence[tuple[str, Mapping[str, Any]]], ttl: float) -> None:
         """See :meth:`ResultStore.queued`."""
@@ -135,13 +150,9 @@ class RedisResultStore:
 
     async def write(self, job_id: str, fields: Mapping[str, Any], ttl: float, *, final: bool = False) -> None:
         """See :meth:`ResultStore.write`."""
-        _, _, notify = self._keys(job_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            self._merge(pipe, job_id, fields, ttl)
+            self._merge(pipe, job_id, fields, ttl, final)
             if final:
-                pipe.delete(notify)
-                pipe.rpush(notify, "1")
-                pipe.expire(notify, max(1, int(ttl)))
                 pipe.zrem(self._cancels, job_id)
             await pipe.execute()
 

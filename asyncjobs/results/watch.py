@@ -2,14 +2,16 @@
 
 One :class:`JobWatcher` per worker. It is three things, each called from one place:
 
-* a middleware (inside dedupe, outside retry): records ``running`` for tasks that keep results,
-  in the same round trip that checks the job's cancel mark, and checks the mark of other jobs
-  only while the store has any; a marked job is cancelled before its handler starts;
+* a middleware (inside dedupe, outside retry): checks the job's cancel mark against the marks the
+  last heartbeat brought (asking the store only when it could not list them all) and cancels a
+  marked job before its handler starts; for tasks that keep results it buffers ``running``,
+  which the next heartbeat writes (a store in this process is written at once);
 * :meth:`record`, called by the settler once an outcome is final and *before* the broker is told
   (ack or dead-letter): a kill between the two runs the job again, it never leaves a result
   without a run;
-* a heartbeat (:meth:`run`): every beat, one store call writes the buffered progress of running
-  jobs and finds cancel marks of the jobs this worker holds, which are cancelled at once.
+* a heartbeat (:meth:`run`): every beat, one store call writes the buffered ``running`` states and
+  progress of running jobs and finds cancel marks of the jobs this worker holds, which are
+  cancelled at once. So a job costs one store call (its outcome) on top of its broker calls.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class JobWatcher:
         self.store = store
         self.interval = interval
         self._held: Mapping[Delivery, Attempt] = {}
-        self._progress: dict[str, dict[str, Any]] = {}  # job id -> latest progress, not written yet
+        self._progress: dict[str, dict[str, Any]] = {}  # job id -> running state / progress not written yet
+        self._beating: tuple[anyio.Event, set[str]] | None = None  # the beat in flight and the jobs it writes
         self._watched: set[str] = set()  # jobs that reported progress: their outcome is recorded too
         self._marks: frozenset[str] | None = None  # every live cancel mark as of the last beat (None: ask)
 
@@ -99,7 +102,11 @@ class JobWatcher:
                 "updated_at": wall_time(),
                 "next_at": None,
             }
-            marked = await self.store.started(job.id, fields, keep)
+            if self.store.local or self._marks is None:  # one call: write it and read the mark
+                marked = await self.store.started(job.id, fields, keep)
+            else:  # rides on the next beat; progress reported meanwhile wins
+                self._progress[job.id] = {**fields, **self._progress.get(job.id, {})}
+                marked = job.id in self._marks
         elif self.store.local or self._marks is None:
             marked = await self.store.cancelled(job.id)
         else:  # the marks the last beat brought: a cancel newer than that stops the job at the next beat
@@ -141,12 +148,16 @@ class JobWatcher:
         """Write buffered progress and cancel the held jobs that have a cancel mark: one store call."""
         held = {a.delivery.job_id: a for a in self._held.values() if a.phase != "settling" and a.delivery.job_id}
         progress, self._progress = self._progress, {}
+        self._beating = beating = (anyio.Event(), set(progress))
         try:
             marked, self._marks = await self.store.beat(progress, list(held), DEFAULT_TTL)
         except Exception as exc:
             log.warning("result store beat failed (%s: %s); trying again next beat", type(exc).__name__, exc)
             self._progress = {**progress, **self._progress}
             return
+        finally:
+            self._beating = None
+            beating[0].set()
         for job_id in marked:
             attempt = held[job_id]
             if attempt.phase != "settling" and attempt.cancel_reason is None:
@@ -169,11 +180,14 @@ class JobWatcher:
         watched = job_id in self._watched
         self._watched.discard(job_id)
         pending = self._progress.pop(job_id, None)  # the latest progress goes with the outcome
+        beating = self._beating
+        if beating is not None and job_id in beating[1]:
+            await beating[0].wait()  # a "running" in flight must not land after the outcome
         kind = outcome.kind
         if kind in ("skipped", "deferred") or (keep <= 0 and not watched and kind != "cancelled"):
             return outcome
         fields: dict[str, Any] = {"status": kind, "task": env.task, "attempt": attempt.number, "worker": WORKER_NAME}
-        fields.update(pending or {})
+        fields = {**(pending or {}), **fields}  # a running state or progress not written yet, under the outcome
         fields["updated_at"] = wall_time()
         fields["reason"] = outcome.reason
         if kind == "done":

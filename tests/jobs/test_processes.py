@@ -90,7 +90,9 @@ async def test_a_cancel_stops_a_job_running_on_a_worker_process(kind: str, tmp_p
         ref = await app.enqueue("jobs.step", 1)
         with worker({**env, "JOBS_HANG": "1"}, "--heartbeat", "0.5") as proc:
             await until(lambda: "start 1" in runs(env))
-            assert (await ref.status()).state == "running"
+            with anyio.fail_after(10):  # "running" is written with the worker's next heartbeat
+                while (await ref.status()).state != "running":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
             asked = anyio.current_time()
             await ref.cancel()
             with anyio.fail_after(10):
@@ -132,6 +134,9 @@ async def test_a_kill_during_the_run_leaves_no_result_until_a_run_finishes(kind:
         ref = await app.enqueue("jobs.step", 3)
         with worker({**env, "JOBS_HANG": "1"}) as first:
             await until(lambda: "start 3" in runs(env))
+            with anyio.fail_after(10):  # "running" is written with the worker's next heartbeat
+                while (await ref.status()).state != "running":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
             first.send_signal(signal.SIGKILL)
             assert first.wait(timeout=10) == -signal.SIGKILL
         status = await ref.status()

@@ -31,7 +31,8 @@ async def test_result_of_a_task_that_keeps_results_is_its_return_value(app: App)
     assert status.state == "done"
     assert status.attempt == 1
     assert status.has_result
-    assert [entry["status"] for entry in status.history] == ["queued", "running", "done"]
+    states = [entry["status"] for entry in status.history]
+    assert states in (["queued", "running", "done"], ["queued", "done"])  # "running" rides on a heartbeat
 
 
 async def test_status_shows_running_with_its_attempt_and_worker(app: App) -> None:
@@ -47,8 +48,9 @@ async def test_status_shows_running_with_its_attempt_and_worker(app: App) -> Non
     async with running(app, **FAST):
         with anyio.fail_after(10):
             await started.wait()
-        status = await ref.status()
-        assert status.state == "running"
+            while (status := await ref.status()).state != "running":  # written with the next heartbeat
+                assert status.state == "queued"
+                await anyio.sleep(0.02)
         assert status.attempt == 1
         assert status.worker
         release.set()
@@ -229,7 +231,9 @@ async def test_a_result_the_store_fails_to_write_is_not_acked_and_the_job_runs_a
     ref = await once.enqueue()
     async with running(app, **FAST) as first:
         await wait_for_stats(lambda: first.stats.settle_failed == 1)
-    assert (await ref.status()).state == "running"  # no result recorded, and none acked
+    status = await ref.status()
+    assert status.state in ("queued", "running")  # no outcome recorded, and none acked
+    assert not status.has_result
     if isinstance(app.broker, MemoryBroker):
         app.broker.expire_leases()  # as if that worker had vanished
     async with running(app, **FAST) as second:  # amqp:// gives a job back when its channel closes
