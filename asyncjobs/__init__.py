@@ -18,11 +18,16 @@ from asyncjobs.errors import (
     BrokerURLError,
     ConfigError,
     EnvelopeError,
+    JobCancelledError,
+    JobFailedError,
     JobTimeout,
     LeaseLost,
+    NoResultStoreError,
     PayloadTooLargeError,
     PermanentError,
     QueueFullError,
+    ResultTimeoutError,
+    ResultTooLargeError,
     Retry,
     StartupError,
     UnknownTaskError,
@@ -31,6 +36,7 @@ from asyncjobs.job import Job, Outcome, current_job
 from asyncjobs.middleware.chain import CallNext, Middleware, WrappingMiddleware
 from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.tracing import TracingMiddleware, TracingProducerMiddleware
+from asyncjobs.results import JobStatus, MemoryResultStore, ResultStore, progress
 from asyncjobs.retrying import Backoff, RetryPolicy
 from asyncjobs.settle import WorkerStats
 from asyncjobs.task import Task, TaskOptions
@@ -57,17 +63,25 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "Job",
+    "JobCancelledError",
+    "JobFailedError",
     "JobRef",
+    "JobStatus",
     "JobTimeout",
     "LeaseLost",
     "MemoryDedupeStore",
+    "MemoryResultStore",
     "Middleware",
+    "NoResultStoreError",
     "Outcome",
     "OutgoingJob",
     "PayloadTooLargeError",
     "PermanentError",
     "QueueFullError",
     "QueueStats",
+    "ResultStore",
+    "ResultTimeoutError",
+    "ResultTooLargeError",
     "Retry",
     "RetryPolicy",
     "StartupError",
@@ -84,6 +98,7 @@ __all__ = [
     "current_job",
     "from_url",
     "key_for",
+    "progress",
     "run_sync",
     "run_worker",
 ]

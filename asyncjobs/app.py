@@ -6,9 +6,9 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import anyio
 
@@ -21,6 +21,8 @@ from asyncjobs.lifecycle import Hook, Lifecycle
 from asyncjobs.middleware.chain import Middleware
 from asyncjobs.middleware.messaging import Messaging, messaging_for
 from asyncjobs.middleware.tracing import TracingProducerMiddleware, tracing_enabled
+from asyncjobs.results import handle as _jobs
+from asyncjobs.results.store import JobStatus, ResultStore
 from asyncjobs.retrying import DEFAULT_PERMANENT, DEFAULT_RETRYABLE, Backoff, RetryPolicy
 from asyncjobs.task import CallOptions, P, R, Task, TaskOptions, TaskSpec
 
@@ -54,13 +56,41 @@ class EnqueueGuard(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class JobRef:
-    """What an enqueue returns. ``accepted`` is ``False`` when an idempotency key blocked it."""
+class JobRef(Generic[R]):
+    """What an enqueue returns (and :meth:`App.job` gives for a known id): a handle on one job.
+
+    ``accepted`` is ``False`` when an idempotency key blocked the enqueue. ``JobRef[R]`` is typed
+    with the handler's return type; :meth:`result` gives a JSON round trip of that value.
+    """
 
     id: str
     task: str
     queue: str
     accepted: bool = True
+    app: App | None = field(default=None, repr=False, compare=False)
+
+    def _app(self) -> App:
+        if self.app is None:
+            raise ConfigError("this JobRef has no app; get one from App.job(job_id)")
+        return self.app
+
+    async def status(self) -> JobStatus:
+        """What became of the job: queued, scheduled, running, retrying, done, dead, cancelled or unknown."""
+        return await _jobs.status(self._app(), self.id)
+
+    async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - a wait, not a scope
+        """The handler's return value, waiting up to ``timeout`` seconds (``None``: no limit).
+
+        Raises :class:`~asyncjobs.errors.JobFailedError` (with the failure) for a dead job,
+        :class:`~asyncjobs.errors.JobCancelledError` for a cancelled one and
+        :class:`~asyncjobs.errors.ResultTimeoutError` when time runs out.
+        """
+        value: R = await _jobs.result(self._app(), self.id, self.task or None, timeout)
+        return value
+
+    async def cancel(self) -> JobStatus:
+        """Cancel the job: a queued or scheduled job will not run, a running one is cancelled within a heartbeat."""
+        return await _jobs.cancel(self._app(), self.id)
 
 
 class App:
@@ -91,6 +121,7 @@ class App:
         default_queue: str = "default",
         dedupe: DedupeStore | None = None,
         deterministic_keys: bool = False,
+        results: ResultStore | None = None,
     ) -> None:
         if max_payload_bytes <= 0:
             raise ConfigError(f"max_payload_bytes must be > 0, got {max_payload_bytes}")
@@ -113,6 +144,9 @@ class App:
         self.enqueue_guard = enqueue_guard if enqueue_guard is not None else dedupe
         self.max_payload_bytes = max_payload_bytes
         self.default_queue = default_queue
+        self._results = results
+        self._results_chosen = self._results_given = results is not None
+
         self.state = SimpleNamespace()
         self.lifecycle = Lifecycle()
 
@@ -138,6 +172,17 @@ class App:
         return messaging_for(self.broker_url)
 
     @property
+    def results(self) -> ResultStore | None:
+        """The result store: the one passed as ``results=``, else the broker's natural one (none for ``amqp://``)."""
+        if not self._results_chosen:
+            self._results, self._results_chosen = _jobs.natural_store(self), True
+        return self._results
+
+    def job(self, job_id: str, task: str = "") -> JobRef[Any]:
+        """A handle on the job ``job_id`` (enqueued here or by another process)."""
+        return JobRef(job_id, task, "", True, self)
+
+    @property
     def broker(self) -> Broker:
         """The broker, created from :attr:`broker_url` on first use (not yet connected)."""
         if self._broker is None:
@@ -148,6 +193,7 @@ class App:
         """Switch to another broker (a URL or an object) before connecting."""
         self._broker = None if isinstance(broker, str) else broker
         self.broker_url = broker if isinstance(broker, str) else broker.url
+        self._results_chosen = self._results_given  # a natural result store follows the broker
 
     async def __aenter__(self) -> App:
         await self.broker.connect()
@@ -172,6 +218,7 @@ class App:
         permanent_on: Sequence[type[BaseException]] = (),
         retry_unknown: bool = True,
         unique_ttl: float = 3600.0,
+        keep_result: float | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Task[P, R]]: ...
 
     def task(  # type: ignore[misc]
@@ -188,12 +235,15 @@ class App:
         permanent_on: Sequence[type[BaseException]] = (),
         retry_unknown: bool = True,
         unique_ttl: float = 3600.0,
+        keep_result: float | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, Awaitable[R]]], Task[P, R]]:
         """Register an ``async def`` as a task (``@app.task`` or ``@app.task(timeout=...)``).
 
         ``retry_on`` / ``permanent_on`` extend the default classification (timeouts, connection
         errors and ``Retry`` retry; ``PermanentError``, bad payloads and unknown tasks do not);
-        ``retry_unknown`` decides for every other exception.
+        ``retry_unknown`` decides for every other exception. ``keep_result`` is how many seconds
+        the job's status and result are kept (0: not kept); by default an hour for a handler
+        annotated to return a value, off for ``-> None`` or no annotation.
         """
         options = TaskOptions(
             queue=queue or self.default_queue,
@@ -217,7 +267,8 @@ class App:
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not handler:
                 raise ConfigError(f"a different task is already registered as {task_name!r}; pass name=...")
-            spec = TaskSpec(task_name, handler, options, inspect.signature(handler), app=self)
+            keep = keep_result if keep_result is not None else _jobs.default_keep(handler)
+            spec = TaskSpec(task_name, handler, replace(options, keep_result=keep), inspect.signature(handler), app=self)
             self.tasks[task_name] = spec
             return Task(self, spec)
 
@@ -249,14 +300,14 @@ class App:
 
     async def enqueue_call(
         self, spec: TaskSpec, call: CallOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> JobRef:
+    ) -> JobRef[Any]:
         """Enqueue one call of a registered task (what :meth:`Task.enqueue` does)."""
         [ref] = await self.publish([self.build(spec, call, args, kwargs)])
         return ref
 
     async def enqueue_many(
         self, task: Task[P, R], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
-    ) -> list[JobRef]:
+    ) -> list[JobRef[R]]:
         """Enqueue many calls of one task in as few broker round trips as the broker allows.
 
         Build each call with ``task.call(...)`` so the type checker sees the handler's signature.
@@ -264,14 +315,14 @@ class App:
         envelopes = [self.build(task.spec, task._call, args, kwargs) for args, kwargs in calls]
         return await self.publish(envelopes)
 
-    async def enqueue(self, task_name: str, *args: Any, **kwargs: Any) -> JobRef:
+    async def enqueue(self, task_name: str, *args: Any, **kwargs: Any) -> JobRef[Any]:
         """Enqueue by task name (when the handler is not importable here); not type-checked."""
         spec = self.tasks.get(task_name)
         if spec is None:
             spec = TaskSpec(task_name, _unknown, TaskOptions(queue=self.default_queue), inspect.signature(_unknown))
         return await self.enqueue_call(spec, CallOptions(), args, kwargs)
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[JobRef]:
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[JobRef[Any]]:
         """Send built envelopes through the producer middleware to the broker."""
         call: Publish = self._send
         for layer in reversed(self.producer_middleware):
@@ -279,7 +330,8 @@ class App:
         if self._tracing is not None and tracing_enabled():
             call = _bind_producer(self._tracing, call)
         accepted = await call(envelopes)
-        return [JobRef(e.id, e.task, e.queue, ok) for e, ok in zip(envelopes, accepted, strict=True)]
+        await _jobs.record_enqueued(self, envelopes, accepted)  # job handles: "queued" for tasks that keep results
+        return [JobRef(e.id, e.task, e.queue, ok, self) for e, ok in zip(envelopes, accepted, strict=True)]
 
     async def _send(self, envelopes: Sequence[Envelope]) -> list[bool]:
         jobs: list[OutgoingJob] = []

@@ -10,6 +10,8 @@ scope); the reasons the *worker* stops an attempt are kept here:
   elsewhere: the handler is cancelled at once and the delivery is never acked here.
 * ``shutdown``: the drain deadline of a shutdown passed (or a second stop came). The job is
   given back to the broker without using up an attempt, unless it returned an outcome first.
+* ``cancelled``: a user cancelled the job (a cancel mark in the result store). It is acked with
+  outcome ``cancelled``, not retried, unless it returned an outcome first.
 
 A delivery moves through ``buffered`` (fetched, not started), ``running`` and ``settling``
 (the outcome is known and being carried out), then is forgotten. Nothing else of the worker
@@ -26,7 +28,8 @@ import anyio
 from asyncjobs.broker import Delivery
 from asyncjobs.envelope import Envelope
 
-CancelReason = Literal["lease_lost", "shutdown"]
+CancelReason = Literal["lease_lost", "shutdown", "cancelled"]
+_RANK = {None: 0, "shutdown": 1, "cancelled": 2, "lease_lost": 3}  # a stronger reason overrides a weaker
 Phase = Literal["buffered", "running", "settling"]
 
 
@@ -63,13 +66,13 @@ class Attempt:
         return f"job {self.delivery.job_id} (task {self.task}, attempt {number})"
 
     def cancel(self, reason: CancelReason) -> None:
-        """Stop this attempt for ``reason``; a lost lease overrides a shutdown, never the reverse.
+        """Stop this attempt for ``reason``: a lost lease overrides a cancel, which overrides a shutdown.
 
         A running attempt's scope is cancelled at once. An attempt still buffered never starts its
         handler (the runner looks at the reason first); one already settling is settled as it
         ended, with the reason noted (a lost lease is not acked).
         """
-        if self.cancel_reason != "lease_lost":
+        if _RANK[reason] > _RANK[self.cancel_reason]:
             self.cancel_reason = reason
         if self.phase == "running" and self.scope is not None:
             self.scope.cancel()

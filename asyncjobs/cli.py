@@ -6,6 +6,7 @@ exits non-zero with a one-line reason.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -292,6 +293,9 @@ def size(
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)
+
+
+main.add_command(importlib.import_module("asyncjobs.results.cli").job)  # asyncjobs job show/cancel
 
 
 if __name__ == "__main__":

@@ -77,3 +77,30 @@ class BadOutcomeError(AsyncJobsError, TypeError):
     Usually a middleware that forgot its ``return``. The job is dead-lettered at once (reason
     ``bad_outcome``): every further attempt would end the same way.
     """
+
+
+class ResultTooLargeError(AsyncJobsError, ValueError):
+    """A handler's result is larger than the result store accepts; the job is dead-lettered with it."""
+
+
+class NoResultStoreError(ConfigError):
+    """The app has no result store (``amqp://`` keeps none): the message names how to pass one."""
+
+
+class JobFailedError(AsyncJobsError):
+    """:meth:`JobRef.result` of a job that ended without a result: dead-lettered or cancelled.
+
+    ``status`` is the job's :class:`~asyncjobs.results.JobStatus` (``reason``, ``error``, history).
+    """
+
+    def __init__(self, message: str, status: object) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobCancelledError(JobFailedError):
+    """:meth:`JobRef.result` of a job that was cancelled."""
+
+
+class ResultTimeoutError(AsyncJobsError, TimeoutError):
+    """:meth:`JobRef.result` waited ``timeout`` seconds and the job had not finished."""

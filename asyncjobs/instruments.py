@@ -59,6 +59,7 @@ loop_stall_seconds = _meter.create_histogram(
     explicit_bucket_boundaries_advisory=STALL_BUCKETS,
 )
 in_flight = _meter.create_up_down_counter("asyncjobs.jobs.in_flight", description="Jobs running in this worker")
+cancelled = _meter.create_counter("asyncjobs.job.cancelled", description="Jobs acked as cancelled by a user, by task")
 cancellation_swallowed = _meter.create_counter(
     "asyncjobs.job.cancellation_swallowed", description="Handlers that caught their own cancellation"
 )

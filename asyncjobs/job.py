@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from asyncjobs.attempt import Attempt
     from asyncjobs.task import TaskSpec
 
-OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred"]
+OutcomeKind = Literal["done", "retry", "dead", "skipped", "deferred", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class Outcome:
     * ``deferred``: store the same attempt again after ``delay`` (not counted as an attempt;
       used when a duplicate must wait for another lease to end).
     * ``dead``: move to the dead letters with ``reason``.
+    * ``cancelled``: ack; a user cancelled the job (``JobRef.cancel``); not retried.
 
     ``reason`` is a short word for metrics and logs: ``ok``, ``error``, ``timeout``, ``permanent``,
     ``max_attempts``, ``bad_arguments``, ``duplicate``...

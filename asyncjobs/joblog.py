@@ -30,6 +30,7 @@ _LINES = {
     "released": (logging.INFO, "given back (shutdown)"),
     "retried": (logging.WARNING, "failed; retried"),
     "dead": (logging.ERROR, "dead-lettered"),
+    "cancelled": (logging.INFO, "cancelled (asked for with cancel())"),
 }
 
 

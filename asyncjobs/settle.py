@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,8 +57,9 @@ class WorkerStats:
     ``done`` (acked), ``skipped`` (acked without running: a duplicate of a finished job),
     ``retried`` (stored as its next attempt), ``deferred`` (stored again, same attempt),
     ``dead`` (dead-lettered), ``lease_lost`` (left alone: the lease was no longer ours),
-    ``released`` (given back by a shutdown, not counted as an attempt) and ``settle_failed``
-    (the broker failed the settle: the job comes back when its lease ends, counted).
+    ``released`` (given back by a shutdown, not counted as an attempt), ``cancelled`` (acked: a
+    user cancelled it) and ``settle_failed`` (the broker, or the result store, failed the settle:
+    the job comes back when its lease ends, counted).
     ``timed_out`` counts the retried or dead attempts that ended in their timeout.
     """
 
@@ -71,6 +72,7 @@ class WorkerStats:
     lease_lost: int = 0
     released: int = 0
     settle_failed: int = 0
+    cancelled: int = 0
 
     @property
     def settled(self) -> int:
@@ -84,6 +86,7 @@ class WorkerStats:
             + self.lease_lost
             + self.released
             + self.settle_failed
+            + self.cancelled
         )
 
     def __str__(self) -> str:
@@ -165,7 +168,7 @@ class AckBatcher:
         self._closed = False
 
     def push(self, attempt: Attempt, kind: str) -> None:
-        """Ack ``attempt`` (outcome ``kind``: ``done`` or ``skipped``) in the next batch."""
+        """Ack ``attempt`` (outcome ``kind``: ``done``, ``skipped`` or ``cancelled``) in the next batch."""
         if not self._pending:
             self._idle.wake_one()
         self._pending.append((attempt, kind))
@@ -218,11 +221,18 @@ class Settler:
     deliveries that never started (shutdown).
     """
 
-    def __init__(self, consumer: Consumer, stats: WorkerStats, free: Callable[[Sequence[Attempt]], None]) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        stats: WorkerStats,
+        free: Callable[[Sequence[Attempt]], None],
+        record: Record | None = None,
+    ) -> None:
         self._consumer = consumer
         self._free = free
         self.stats = stats
         self.acks = AckBatcher(consumer, self._acked)
+        self._record = record  # the result store's writer (job handles), called before the broker is told
 
     def _acked(self, batch: list[tuple[Attempt, str]], results: list[bool], retried: bool) -> None:
         self._free([attempt for attempt, _ in batch])
@@ -231,6 +241,9 @@ class Settler:
             if ok:
                 if kind == "done":
                     stats.done += 1
+                elif kind == "cancelled":
+                    stats.cancelled += 1
+                    instruments.cancelled.add(1, {"task": attempt.task})
                 else:
                     stats.skipped += 1
                 joblog.settled(attempt, kind)
@@ -249,19 +262,26 @@ class Settler:
         """Carry out how ``attempt`` ended: exactly one of ack, retry/defer, dead-letter, give back, leave.
 
         ``outcome`` is ``None`` when the attempt produced none because the worker cancelled it
-        (shutdown: given back, not counted). A lost lease is left alone whatever the outcome: the
-        job may be running elsewhere.
+        (shutdown: given back, not counted; a user's cancel: acked as ``cancelled``). A lost lease
+        is left alone whatever the outcome: the job may be running elsewhere. With a result store,
+        the outcome is recorded there first (a kill before the broker hears of it runs the job again).
         """
         attempt.phase = "settling"
         if attempt.lost:
             self.stats.lease_lost += 1
             self._free((attempt,))
             return
+        if outcome is None and attempt.cancel_reason == "cancelled":
+            outcome = _CANCELLED
         if outcome is None:
             await self.release([attempt])
             return
+        if self._record is not None and (outcome := await self._record(attempt, outcome)) is None:
+            self.stats.settle_failed += 1  # the result store failed: left to come back when its lease ends
+            self._free((attempt,))
+            return
         kind = outcome.kind
-        if kind in ("done", "skipped"):
+        if kind in ("done", "skipped", "cancelled"):
             self.acks.push(attempt, kind)
             return
         env = attempt.envelope
@@ -355,4 +375,6 @@ class Settler:
         self._free(attempts)
 
 
+_CANCELLED = Outcome("cancelled", "cancelled")
+Record = Callable[[Attempt, Outcome], Awaitable[Outcome | None]]
 _RELEASE_SECONDS = 5.0  # a give-back that takes longer is abandoned: the jobs return when their leases end

@@ -24,12 +24,14 @@ class TaskOptions:
 
     ``timeout`` is seconds per attempt (``None``: no limit, the lease heartbeat keeps it alive).
     ``unique_ttl`` is how long an idempotency key blocks a second enqueue.
+    ``keep_result`` is how many seconds a job's status and result are kept (0: not kept).
     """
 
     queue: str = "default"
     timeout: float | None = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     unique_ttl: float = 3600.0
+    keep_result: float = 0.0
 
     @property
     def max_attempts(self) -> int:
@@ -41,6 +43,8 @@ class TaskOptions:
             raise ConfigError(f"timeout must be > 0 seconds or None, got {self.timeout}")
         if not self.queue:
             raise ConfigError("queue must be a non-empty name")
+        if self.keep_result < 0:
+            raise ConfigError(f"keep_result must be >= 0 seconds, got {self.keep_result}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +167,11 @@ class Task(Generic[P, R]):
             changes.update(at=at.timestamp(), delay=None)
         return Task(self.app, self.spec, replace(self._call, **changes))  # type: ignore[arg-type]
 
-    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef:
-        """Validate the arguments against the handler's signature and enqueue one job."""
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobRef[R]:
+        """Validate the arguments against the handler's signature and enqueue one job.
+
+        The :class:`JobRef` it returns reads the job's status and (with ``keep_result``) its result.
+        """
         return await self.app.enqueue_call(self.spec, self._call, args, kwargs)
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> tuple[tuple[Any, ...], dict[str, Any]]:

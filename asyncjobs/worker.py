@@ -35,6 +35,7 @@ from asyncjobs.middleware.dedupe import DedupeMiddleware
 from asyncjobs.middleware.retry import RetryMiddleware, classify_failure
 from asyncjobs.middleware.timeout import TimeoutMiddleware
 from asyncjobs.middleware.tracing import observability_layers
+from asyncjobs.results.watch import JobWatcher
 from asyncjobs.settle import Settler, WorkerStats
 from asyncjobs.waiters import Waiters
 
@@ -89,6 +90,9 @@ class Worker:
         self._middleware = tuple(middleware)
         self._chain: CallNext = invoke  # the whole chain is composed by run(), after the startup hooks
         self._claim_keepers: list[DedupeMiddleware] = []  # the chain's dedupe layers, set with it
+        store = app.results  # job handles: status, results, cancel marks, progress (None: the broker keeps none)
+        beat, lease = self.config.heartbeat, self.config.lease_seconds
+        self.jobs = JobWatcher(app, store, beat if beat > 0 else lease / 3) if store is not None else None
         self._stop_requests = 0
         self._stopping: anyio.Event | None = None
         self._hard: anyio.Event | None = None
@@ -116,7 +120,8 @@ class Worker:
             layer.for_worker(lease, beat) if isinstance(layer, DedupeMiddleware) else layer
             for layer in (*middleware, *app.middleware)
         ]
-        layers = [*outer, *placed, *dedupe, RetryMiddleware(), TimeoutMiddleware()]
+        jobs = [self.jobs] if self.jobs is not None else []  # job handles: after dedupe, before retry
+        layers = [*outer, *placed, *dedupe, *jobs, RetryMiddleware(), TimeoutMiddleware()]
         self._claim_keepers = [layer for layer in layers if isinstance(layer, DedupeMiddleware)]
         return build_chain(layers, invoke)
 
@@ -161,13 +166,16 @@ class Worker:
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
         )
         keeper = self.keeper = LeaseKeeper(consumer, self.config.lease_seconds, self.config.heartbeat)
-        settler = Settler(consumer, self.stats, self._free)
+        settler = Settler(consumer, self.stats, self._free, self.jobs.record if self.jobs else None)
         try:
             async with anyio.create_task_group() as services:
                 services.start_soon(keeper.run)
                 for layer in self._claim_keepers:  # dedupe claims: extended in one call per heartbeat
                     services.start_soon(layer.keep_claims)
                 services.start_soon(self.stall.run)
+                if self.jobs is not None:
+                    self.jobs.bind(keeper.held)
+                    services.start_soon(self.jobs.run)
                 if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
                     await services.start(self._watch_signals)
                 services.start_soon(self._stop_when_asked, keeper, settler)
