@@ -20,7 +20,7 @@ from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
 from asyncjobs_rabbitmq import wire
 from asyncjobs_rabbitmq.consumer import RabbitConsumer
 from asyncjobs_rabbitmq.options import RabbitOptions
-from asyncjobs_rabbitmq.publisher import Outgoing, publish_many
+from asyncjobs_rabbitmq.publisher import Outgoing, UnsendableError, publish_many
 from asyncjobs_rabbitmq.topology import BUCKETS_MS, DEAD_ARGUMENTS, Topology, bucket_for
 from asyncjobs_rabbitmq.version import ServerInfo
 
@@ -129,7 +129,8 @@ class RabbitBroker:
         """Publish persistent, mandatory messages and wait until RabbitMQ confirmed every one.
 
         All are written first and the confirms awaited together. Raises :class:`BrokerError` when
-        any was nacked, returned unroutable, or the channel failed.
+        any was nacked, returned unroutable, or the channel failed, and before sending anything when
+        a message's properties are too large or cannot be encoded (see :mod:`~asyncjobs_rabbitmq.wire`).
         """
         if not messages:
             return
@@ -140,6 +141,8 @@ class RabbitBroker:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
                 results = await publish_many(channel, messages)
+        except UnsendableError as exc:
+            raise BrokerError(f"RabbitMQ publish refused before sending: {exc}") from None
         except TimeoutError:
             raise BrokerConnectionError(
                 f"RabbitMQ did not confirm {len(messages)} messages within {PUBLISH_TIMEOUT:.0f}s (connection down?)"

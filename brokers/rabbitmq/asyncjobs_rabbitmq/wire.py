@@ -7,31 +7,74 @@ Headers (all optional, so any AMQP producer can enqueue a bare envelope):
 * ``x-aj-deliveries``: earlier deliveries of this body that ended unsettled (crash, lost channel),
   carried over when the broker re-publishes a message, so crash counts survive re-publishing.
 * ``x-aj-dead``: on dead letters, the JSON of :class:`~asyncjobs.broker.DeadLetterInfo`.
+
+Every byte of a message may come from a foreign producer, and RabbitMQ closes the whole connection
+when a frame exceeds ``frame_max`` (131,072 by default): everything written into properties and
+headers is bounded here far below that. A job id longer than :data:`ID_LIMIT` bytes becomes a marked,
+shortened ``message_id`` (the body keeps the whole id); the dead-letter header is at most
+:data:`DEAD_LIMIT` bytes (texts clipped with a marker, oversize history entries replaced by a clipped
+form, the oldest entries dropped, ``"truncated": true`` set); headers carried over on a re-publish are
+kept up to :data:`CARRIED_LIMIT` bytes, the rest dropped and named in ``x-aj-headers-cut``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
+from pamqp import encode
 from pamqp.commands import Basic
 
 from asyncjobs.broker import DeadLetterInfo
 from asyncjobs.envelope import peek_id
+from asyncjobs.settle import clip
 
 DUE = "x-aj-due-ms"
 PRIOR = "x-aj-deliveries"
 DEAD = "x-aj-dead"
 COPY = "x-aj-copy"  # how many times this body was re-published by a consumer (moved, given back)
-_SERVER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", PRIOR)
+CUT = "x-aj-headers-cut"  # names of carried headers dropped to keep the header frame small
+_SERVER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count", PRIOR, CUT)
 PERSISTENT = 2
 
+ID_LIMIT = 200
+"""Bytes of a job id sent as ``message_id`` (an AMQP short string holds 255)."""
+DEAD_LIMIT = 32_000
+"""Bytes of the ``x-aj-dead`` header at most."""
+CARRIED_LIMIT = 16_000
+"""Bytes of a producer's own headers carried over when the broker re-publishes a message."""
+_ENTRY_LIMIT = 1_000  # characters of one history entry's JSON kept in a dead-letter header
+_TEXT_LIMITS = {"reason": 300, "error_type": 300, "error_message": 4_000, "traceback": 16_000, "task": 300}
 
-def properties(message_id: str | None, headers: dict[str, Any] | None = None) -> Basic.Properties:
-    """Persistent message properties."""
-    return Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id, headers=headers or None)
+
+def message_id(job_id: str | None) -> str | None:
+    """``job_id`` fit for ``message_id``: itself when short, else its head and a digest, marked with ``…#``."""
+    if job_id is None:
+        return None
+    try:
+        if len(job_id.encode()) <= ID_LIMIT:
+            return job_id
+    except UnicodeEncodeError:  # a lone surrogate: AMQP cannot carry it
+        pass
+    raw = job_id.encode("utf-8", "surrogatepass")
+    head = raw[: ID_LIMIT - 40].decode("utf-8", "ignore").encode("utf-8", "ignore").decode()
+    return f"{head}…#{hashlib.sha256(raw).hexdigest()[:32]}"
+
+
+def properties(job_id: str | None, headers: dict[str, Any] | None = None) -> Basic.Properties:
+    """Persistent message properties; the id bounded by :func:`message_id`."""
+    return Basic.Properties(delivery_mode=PERSISTENT, message_id=message_id(job_id), headers=headers or None)
+
+
+def encoded_size(name: str, value: Any) -> int:
+    """Bytes one header takes in a content header frame (more than the limit for a value AMQP cannot carry)."""
+    try:
+        return len(encode.field_table({name: value})) - 4
+    except (TypeError, ValueError):
+        return CARRIED_LIMIT + 1
 
 
 def due_headers(not_before: float | None) -> dict[str, Any] | None:
@@ -90,7 +133,20 @@ def carried_headers(headers: dict[str, Any], prior: int) -> dict[str, Any] | Non
     The copy number goes up by one, so the new copy is never taken for a redelivery of the message
     it replaces (same body, same job id) whose ack went out on a channel that then closed.
     """
-    kept = {k: v for k, v in headers.items() if not k.startswith(_SERVER_HEADERS)}
+    kept: dict[str, Any] = {}
+    cut: list[str] = []
+    room = CARRIED_LIMIT
+    for name, value in headers.items():
+        if name.startswith(_SERVER_HEADERS):
+            continue
+        size = encoded_size(name, value)
+        if size > room:
+            cut.append(name)
+            continue
+        room -= size
+        kept[name] = value
+    if cut:
+        kept[CUT] = clip(",".join(cut), 500)
     if prior:
         kept[PRIOR] = prior
     kept[COPY] = copy_of(headers) + 1
@@ -104,8 +160,32 @@ def copy_of(headers: dict[str, Any]) -> int:
 
 
 def dead_headers(info: DeadLetterInfo) -> dict[str, Any]:
-    """Headers of a dead letter."""
-    return {DEAD: json.dumps(info.to_json(), separators=(",", ":"))}
+    """Headers of a dead letter: ``info`` as JSON, at most :data:`DEAD_LIMIT` bytes (see the module doc)."""
+    doc = info.to_json()
+    text = _dump(doc)  # ASCII: its length is its size
+    if len(text) <= DEAD_LIMIT:
+        return {DEAD: text}
+    history: list[Any] = []
+    for entry in doc["history"]:
+        dumped = _dump(entry)
+        history.append(entry if len(dumped) <= _ENTRY_LIMIT else {"truncated": clip(dumped, _ENTRY_LIMIT)})
+    doc["history"], doc["truncated"] = history, True
+    for shrink in (1, 4, 16, 64):
+        for name, limit in _TEXT_LIMITS.items():
+            if isinstance(doc.get(name), str):
+                doc[name] = clip(doc[name], limit // shrink)
+        text = _dump(doc)
+        while len(text) > DEAD_LIMIT and doc["history"]:
+            doc["history"] = doc["history"][1:]  # the oldest first
+            doc["history_cut"] = doc.get("history_cut", 0) + 1
+            text = _dump(doc)
+        if len(text) <= DEAD_LIMIT:
+            break
+    return {DEAD: text}
+
+
+def _dump(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), default=repr)
 
 
 def dead_info_of(message: DeliveredMessage) -> DeadLetterInfo:
