@@ -2,8 +2,11 @@
 
 Headers (all optional, so any AMQP producer can enqueue a bare envelope):
 
-* ``x-aj-due-ms``: the job's ``not_before`` as epoch milliseconds; a job that arrives earlier is
-  put back into a delay bucket by the consumer.
+* ``x-aj-due-ms``: the job's ``not_before`` as epoch milliseconds (the publisher's clock); a job
+  that arrives earlier is put back into a delay bucket by the consumer.
+* ``x-aj-delay-ms``: the delay still to wait when the message was published (no clock in it). With
+  the time the message spent in delay buckets since (the server's ``x-death`` records), it bounds
+  how long the job may still have to wait whatever the two hosts' clocks say (:func:`remaining_of`).
 * ``x-aj-deliveries``: earlier deliveries of this body that ended unsettled (crash, lost channel),
   carried over when the broker re-publishes a message, so crash counts survive re-publishing.
 * ``x-aj-dead``: on dead letters, the JSON of :class:`~asyncjobs.broker.DeadLetterInfo`.
@@ -29,10 +32,12 @@ from pamqp import encode
 from pamqp.commands import Basic
 
 from asyncjobs.broker import DeadLetterInfo
+from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
 from asyncjobs.settle import clip
 
 DUE = "x-aj-due-ms"
+DELAY = "x-aj-delay-ms"
 PRIOR = "x-aj-deliveries"
 DEAD = "x-aj-dead"
 COPY = "x-aj-copy"  # how many times this body was re-published by a consumer (moved, given back)
@@ -77,9 +82,64 @@ def encoded_size(name: str, value: Any) -> int:
         return CARRIED_LIMIT + 1
 
 
+SKEW_BOUND = 60.0
+"""Seconds by which the due time read from the clock may undercut the bound the buckets give before
+the clocks are taken to disagree (see :func:`remaining_of`)."""
+
+
 def due_headers(not_before: float | None) -> dict[str, Any] | None:
-    """Headers carrying ``not_before`` (wall clock seconds), or ``None``."""
-    return None if not_before is None else {DUE: math.ceil(not_before * 1000)}  # never earlier
+    """Headers carrying ``not_before`` (wall clock seconds) and the delay from now, or ``None``."""
+    if not_before is None:
+        return None
+    return _due(not_before - wall_time())
+
+
+def _due(remaining: float) -> dict[str, Any]:
+    now = wall_time()
+    return {DUE: math.ceil((now + remaining) * 1000), DELAY: max(math.ceil(remaining * 1000), 0)}  # never earlier
+
+
+def _ms(value: Any) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None  # absent, or not a time a job could wait for
+    return value / 1000
+
+
+def waited_in_buckets(headers: dict[str, Any]) -> float:
+    """Seconds the message spent in delay buckets since it was published (the server's ``x-death`` records)."""
+    total = 0.0
+    deaths = headers.get("x-death")
+    for death in deaths if isinstance(deaths, list) else ():
+        if not isinstance(death, dict):
+            continue
+        queue, count = death.get("queue"), death.get("count", 1)
+        queue = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else queue
+        ms = queue.rpartition(".delay.")[2] if isinstance(queue, str) and ".delay." in queue else ""
+        if ms.isdigit() and isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            total += int(ms) * count / 1000
+    return total
+
+
+def remaining_of(headers: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds until the message is due (``None``: it carries no due time; ``<= 0``: due now).
+
+    The due time is the publisher's wall clock read by this host's. The relative delay minus the
+    time spent in buckets is an upper bound of the true wait (time in a work queue only adds to the
+    elapsed time). When the clock's answer is above that bound (the publisher's clock is ahead) or
+    more than :data:`SKEW_BOUND` below it (its clock is behind, or the job waited in a work queue
+    that long between two buckets), the bound is trusted: the job never waits longer than asked,
+    and is early by at most :data:`SKEW_BOUND` whatever the clocks.
+    """
+    due, delay = _ms(headers.get(DUE)), _ms(headers.get(DELAY))
+    if due is None and delay is None:
+        return None
+    by_clock = due - (wall_time() if now is None else now) if due is not None else None
+    if delay is None:
+        return by_clock
+    bound = delay - waited_in_buckets(headers)
+    if by_clock is None or by_clock > bound + 1.0 or by_clock < bound - SKEW_BOUND:
+        return bound
+    return by_clock
 
 
 def headers_of(message: DeliveredMessage) -> dict[str, Any]:
@@ -109,10 +169,7 @@ def job_id_of(message: DeliveredMessage) -> str | None:
 
 def due_of(headers: dict[str, Any]) -> float | None:
     """``not_before`` in wall-clock seconds, if the message carries one."""
-    due = headers.get(DUE)
-    if not isinstance(due, int | float) or isinstance(due, bool) or not math.isfinite(due):
-        return None  # absent, or not a time a job could wait for: due now
-    return due / 1000
+    return _ms(headers.get(DUE))
 
 
 def prior_of(headers: dict[str, Any]) -> int:
@@ -130,14 +187,18 @@ def server_count_of(headers: dict[str, Any]) -> int | None:
 def carried_headers(headers: dict[str, Any], prior: int) -> dict[str, Any] | None:
     """Headers for a re-publish: ours and the producer's kept, the server's dropped, ``prior`` recorded.
 
+    A due time is written again as due time and delay from now on this host's clock (what
+    :func:`remaining_of` makes of it); due now, the message goes without them.
+
     The copy number goes up by one, so the new copy is never taken for a redelivery of the message
     it replaces (same body, same job id) whose ack went out on a channel that then closed.
     """
+    remaining = remaining_of(headers)
     kept: dict[str, Any] = {}
     cut: list[str] = []
     room = CARRIED_LIMIT
     for name, value in headers.items():
-        if name.startswith(_SERVER_HEADERS):
+        if name.startswith(_SERVER_HEADERS) or name in (DUE, DELAY):
             continue
         size = encoded_size(name, value)
         if size > room:
@@ -147,6 +208,8 @@ def carried_headers(headers: dict[str, Any], prior: int) -> dict[str, Any] | Non
         kept[name] = value
     if cut:
         kept[CUT] = clip(",".join(cut), 500)
+    if remaining is not None and remaining > 0:
+        kept.update(_due(remaining))
     if prior:
         kept[PRIOR] = prior
     kept[COPY] = copy_of(headers) + 1
