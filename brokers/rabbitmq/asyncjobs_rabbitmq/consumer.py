@@ -39,6 +39,8 @@ from asyncjobs_rabbitmq.topology import bucket_for
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
+REPUBLISH_TIMEOUT = 3.0
+"""Seconds a re-publish (give-back, move to a bucket, classic count) waits for its confirms, shielded."""
 SETTLE_GRACE = 0.3
 """Seconds a channel stays open after its last ack before it is closed. A quorum queue's channel may
 stash settlements while many are in flight and drops the stash when it closes: the job would come
@@ -182,7 +184,10 @@ class RabbitConsumer:
     async def _republish(self, moves: Sequence[Move]) -> None:
         """Re-publish deliveries with their counts (confirmed, one batch), then ack them.
 
-        If the publish fails they are nacked back to the queue instead (a redelivery).
+        If the publish fails they are nacked back to the queue instead (a redelivery). Publish and
+        acks are one step that a cancellation (a fetch or a shutdown cut short) cannot split: copies
+        stored without their originals acked would be duplicates. A publish not confirmed within
+        :data:`REPUBLISH_TIMEOUT` nacks the originals (if the copies were stored, those jobs run twice).
         """
         if not moves:
             return
@@ -191,19 +196,21 @@ class RabbitConsumer:
             message = lease.message
             headers = wire.carried_headers(wire.headers_of(message), prior)
             outgoing.append((routing_key, message.body, wire.properties(message.header.properties.message_id, headers)))
-        try:
-            await self._link.publish(outgoing)
-        except Exception as exc:
-            log.error("could not re-publish %d jobs (%s); nacking them back to their queue", len(moves), exc)
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(REPUBLISH_TIMEOUT):
+                    await self._link.publish(outgoing)
+            except Exception as exc:  # (a timeout too: copies may have been stored, and may run twice)
+                log.error("could not re-publish %d jobs (%r); nacking them back to their queue", len(moves), exc)
+                for lease, _, _ in moves:
+                    await self._nack(lease)
+                return
+            by_channel: dict[AbstractChannel, list[Lease]] = {}
             for lease, _, _ in moves:
-                await self._nack(lease)
-            return
-        by_channel: dict[AbstractChannel, list[Lease]] = {}
-        for lease, _, _ in moves:
-            lease.settled = True
-            by_channel.setdefault(lease.channel, []).append(lease)
-        for channel, leases in by_channel.items():
-            await self._write_acks(channel, leases)
+                lease.settled = True
+                by_channel.setdefault(lease.channel, []).append(lease)
+            for channel, leases in by_channel.items():
+                await self._write_acks(channel, leases)
 
     # -- leases --------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ is noticed (once a second) and the queue is declared and consumed again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 # A closed channel: aiormq raises ChannelInvalidStateError (a RuntimeError) once its close has begun,
 # which can be before aio-pika's channel reports is_closed.
 CLOSED = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError, OSError)
+
+CONFIRM_TIMEOUT = 10.0
+"""Seconds a round trip on a channel may take before the frames before it count as not read."""
 
 OnMessage = Callable[[str, DeliveredMessage], Awaitable[None]]
 
@@ -105,11 +109,18 @@ class Subscription:
         """A round trip on ``channel``: ``True`` once the server has read every frame sent on it before.
 
         The frame is a ``basic.qos`` with this consumer's prefetch (per consumer: it changes nothing
-        for consumers already made). ``False`` when the channel is closed or closes meanwhile.
+        for consumers already made). ``False`` when the channel is closed or closes meanwhile, or no
+        answer came within :data:`CONFIRM_TIMEOUT` (the frames may or may not have been read).
         """
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
-            await channel.basic_qos(prefetch_count=self._prefetch)
-        except CLOSED:
+            await channel.basic_qos(prefetch_count=self._prefetch, timeout=CONFIRM_TIMEOUT)
+        except (*CLOSED, TimeoutError):
+            return False
+        except asyncio.CancelledError:  # aiormq cancels the waits of a channel that closes
+            if task is None or task.cancelling() > cancelling:
+                raise  # this task is being cancelled
             return False
         return not channel.is_closed
 

@@ -23,6 +23,7 @@ from asyncjobs.clock import monotonic, wall_time
 from tests.harness import require_server
 from tests.harness.rabbitmq import URL, rabbitmq_harness
 from tests.runtime.helpers import eventually, running
+from tests.servers.proxy import tcp_proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
 
@@ -158,3 +159,57 @@ async def test_acking_20000_fast_jobs_behind_one_long_job_keeps_the_bookkeeping_
             assert _window_entries(consumer) == 0
         finally:
             await consumer.close()
+
+
+async def test_an_ack_written_into_a_connection_the_server_then_drops_is_not_counted_done() -> None:
+    """The frame of an ack has no reply: written into a stalled connection, it is lost when the server
+    drops that connection, and the job runs again. ``ack`` says ``True`` only once the server read it."""
+    require_server("rabbitmq")
+    prefix = f"s{uuid.uuid4().hex[:10]}"
+    async with rabbitmq_harness(prefix, "quorum") as direct:
+        sent = OutgoingJob(uuid.uuid4().hex, "default", body("x"))
+        await direct.enqueue([sent])
+        with tcp_proxy("127.0.0.1", 5672) as proxy:
+            via = RabbitBroker(
+                f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=2&queue_type=quorum&queue_prefix={prefix}."
+            )
+            await via.connect()
+            consumer = await via.consumer(["default"], prefetch=5, lease_seconds=30)
+            [delivery] = await consumer.fetch(1, 5.0)
+            proxy.stall()
+            with anyio.fail_after(40):
+                acked = await consumer.ack([delivery])
+            other = await direct.consumer(["default"], prefetch=5, lease_seconds=30)
+            try:
+                again: list[Delivery] = []
+                with anyio.fail_after(30):
+                    while not again:
+                        again = await other.fetch(1, 0.5)
+                assert [d.job_id for d in again] == [sent.id], "the server gave the job back"
+                assert await other.ack(again) == [True]
+            finally:
+                await other.close()
+            assert acked == [False], "an ack the server never read was counted as done"
+            proxy.cut()
+            with anyio.move_on_after(5):
+                await consumer.close()
+            with anyio.move_on_after(5):
+                await via.close()
+
+
+@pytest.mark.parametrize("cut_after", [0.002, 0.01, 0.05])
+async def test_a_give_back_cut_short_by_a_cancellation_leaves_each_job_once(
+    broker: RabbitBroker, cut_after: float
+) -> None:
+    """A shutdown's deadline may cancel a give-back while its copies are being confirmed: each job stays once."""
+    await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "default", b"{}") for _ in range(300)])
+    consumer = await broker.consumer(["default"], prefetch=300, lease_seconds=30)
+    got: list[Delivery] = []
+    with anyio.fail_after(10):
+        while len(got) < 300:
+            got += await consumer.fetch(300, 0.5)
+    with anyio.move_on_after(cut_after):
+        await consumer.release(got)
+    await consumer.close()
+    await anyio.sleep(1.0)
+    assert (await broker.stats("default")).ready == 300, "each job is in the queue once"
