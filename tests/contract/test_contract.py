@@ -206,6 +206,22 @@ async def test_released_job_is_ready_again_at_once(broker: Broker) -> None:
         await consumer.close()
 
 
+async def test_a_delivery_named_twice_in_one_ack_or_release_counts_once(broker: Broker) -> None:
+    await broker.enqueue([job(), job()])
+    consumer = await open_consumer(broker, lease=60.0)
+    try:
+        first, second = await fetch_all(consumer, 2)
+        assert await consumer.ack([first, first]) == [True, False]
+        await consumer.release([second, second])
+        [again] = await fetch_all(consumer, 1, within=5.0)
+        assert again.job_id == second.job_id
+        assert await consumer.fetch(1, 0.5) == [], "released once, delivered once"
+        assert await consumer.ack([again]) == [True]
+    finally:
+        await consumer.close()
+    assert (await broker.stats(Q)).in_flight == 0
+
+
 async def test_expired_lease_is_redelivered_with_raised_count(broker: Broker) -> None:
     expiring(broker)
     await broker.enqueue([job()])

@@ -14,14 +14,14 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from asyncjobs.broker import DeadLetter, OutgoingJob, QueueStats, safe_url
-from asyncjobs.clock import wall_time
 from asyncjobs.envelope import peek_id
 from asyncjobs.errors import BrokerConnectionError, BrokerError, ConfigError
 from asyncjobs_rabbitmq import wire
 from asyncjobs_rabbitmq.consumer import RabbitConsumer
+from asyncjobs_rabbitmq.link import Link
 from asyncjobs_rabbitmq.options import RabbitOptions
-from asyncjobs_rabbitmq.publisher import Outgoing, publish_many
-from asyncjobs_rabbitmq.topology import BUCKETS_MS, DEAD_ARGUMENTS, Topology, bucket_for
+from asyncjobs_rabbitmq.publisher import Outgoing, UnsendableError, publish_many
+from asyncjobs_rabbitmq.topology import BUCKETS_MS, DEAD_ARGUMENTS, Topology
 from asyncjobs_rabbitmq.version import ServerInfo
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class RabbitBroker:
         self._topology: Topology | None = None
         self._connect_lock = asyncio.Lock()
         self._browse_lock = asyncio.Lock()
-        self.consumers: set[RabbitConsumer] = set()
+        self._link = Link(self._ready, lambda: self.connection, self.publish, self.options)
 
     @classmethod
     def from_url(cls, url: str) -> RabbitBroker:
@@ -129,7 +129,8 @@ class RabbitBroker:
         """Publish persistent, mandatory messages and wait until RabbitMQ confirmed every one.
 
         All are written first and the confirms awaited together. Raises :class:`BrokerError` when
-        any was nacked, returned unroutable, or the channel failed.
+        any was nacked, returned unroutable, or the channel failed, and before sending anything when
+        a message's properties are too large or cannot be encoded (see :mod:`~asyncjobs_rabbitmq.wire`).
         """
         if not messages:
             return
@@ -140,6 +141,8 @@ class RabbitBroker:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
                 results = await publish_many(channel, messages)
+        except UnsendableError as exc:
+            raise BrokerError(f"RabbitMQ publish refused before sending: {exc}") from None
         except TimeoutError:
             raise BrokerConnectionError(
                 f"RabbitMQ did not confirm {len(messages)} messages within {PUBLISH_TIMEOUT:.0f}s (connection down?)"
@@ -163,11 +166,7 @@ class RabbitBroker:
 
     async def route(self, queue: str, not_before: float | None) -> str:
         """The RabbitMQ queue to publish a job of ``queue`` due at ``not_before`` into."""
-        topology = await self._ready()
-        ms = bucket_for(not_before - wall_time()) if not_before is not None else None
-        if ms is None:
-            return (await topology.ensure(queue)).work
-        return await topology.ensure_bucket(queue, ms)
+        return await self._link.route(queue, not_before)
 
     async def enqueue(self, jobs: Sequence[OutgoingJob]) -> list[bool]:
         """Publish every job persistently and wait for all confirms; ``unique_key`` is not enforced here.
@@ -198,9 +197,8 @@ class RabbitBroker:
 
     async def consumer(self, queues: Sequence[str], *, prefetch: int, lease_seconds: float) -> RabbitConsumer:
         """A consumer on a channel of its own with ``basic.qos(prefetch)`` per queue."""
-        consumer = RabbitConsumer(self, list(queues), prefetch, lease_seconds)
+        consumer = RabbitConsumer(self._link, list(queues), prefetch, lease_seconds)
         await consumer.start()
-        self.consumers.add(consumer)
         return consumer
 
     # -- admin ---------------------------------------------------------------------------------
@@ -216,12 +214,10 @@ class RabbitBroker:
         names = (await self._ready()).names(queue)
         buckets = [names.bucket(ms) for ms in BUCKETS_MS]
         ready, dead, *delayed = await self._message_counts([names.work, names.dead, *buckets])
-        scheduled = sum(delayed)
-        in_flight = 0
-        for consumer in self.consumers:
-            buffered_ready, buffered_scheduled, held = consumer.local_counts(queue)
-            ready, scheduled, in_flight = ready + buffered_ready, scheduled + buffered_scheduled, in_flight + held
-        return QueueStats(ready=ready, scheduled=scheduled, in_flight=in_flight, dead=dead)
+        buffered_ready, buffered_scheduled, in_flight = self._link.counts(queue)
+        return QueueStats(
+            ready=ready + buffered_ready, scheduled=sum(delayed) + buffered_scheduled, in_flight=in_flight, dead=dead
+        )
 
     async def queue_exists(self, queue: str) -> bool:
         """Whether ``queue``'s work queue exists on the server: a passive declare, which creates nothing."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,44 +38,43 @@ class AckWindow:
     """The unacked delivery tags of one channel in order, so a run of finished ones is acked with one frame.
 
     A ``multiple`` ack must name a tag that is still unacked (RabbitMQ closes the channel on an
-    unknown delivery tag), so the tags already acked one by one are remembered apart and never
-    chosen as the tag of a ``multiple`` ack.
+    unknown delivery tag) and must cover only finished jobs. Only unacked tags are kept (an
+    insertion-ordered dict, so a tag acked one by one behind an unfinished one is removed at once):
+    the window never holds more than the channel's prefetch, whatever order jobs finish in.
     """
 
-    __slots__ = ("acked", "order")
+    __slots__ = ("unacked",)
 
     def __init__(self) -> None:
-        self.order: deque[int] = deque()
-        self.acked: set[int] = set()  # acked one by one, still in ``order`` behind an unfinished tag
+        self.unacked: dict[int, None] = {}  # in delivery order (tags grow)
+
+    def arrived(self, tag: int) -> None:
+        """A delivery with ``tag`` came in on the channel."""
+        self.unacked[tag] = None
 
     def settle(self, tags: Sequence[int]) -> tuple[int | None, list[int]]:
         """Ack ``tags``: the tag of one ``multiple`` ack for the finished run at the front, and the rest.
 
-        The caller sends both; the rest are remembered as acked one by one.
+        The caller sends both. Tags not in the window (acked already) are left out of both.
         """
-        pending, acked, order = set(tags), self.acked, self.order
-        last = None
-        while order and (order[0] in pending or order[0] in acked):
-            tag = order.popleft()
-            if tag in pending:
-                pending.discard(tag)
-                last = tag
-            else:
-                acked.discard(tag)
-        singles = [tag for tag in tags if tag in pending]
-        acked.update(singles)
-        self._trim()
+        pending = {tag for tag in tags if tag in self.unacked}
+        unacked, last = self.unacked, None
+        while pending and unacked:
+            front = next(iter(unacked))
+            if front not in pending:
+                break
+            del unacked[front]
+            pending.discard(front)
+            last = front
+        singles = [tag for tag in dict.fromkeys(tags) if tag in pending]
+        for tag in singles:
+            del unacked[tag]
         return last, singles
 
     def sent(self, tags: Sequence[int]) -> None:
         """``tags`` were acked or nacked one by one, outside :meth:`settle`."""
-        self.acked.update(tags)
-        self._trim()
-
-    def _trim(self) -> None:
-        order, acked = self.order, self.acked
-        while order and order[0] in acked:
-            acked.discard(order.popleft())
+        for tag in tags:
+            self.unacked.pop(tag, None)
 
 
 Move = tuple[Lease, str, int]

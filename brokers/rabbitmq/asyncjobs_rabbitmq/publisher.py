@@ -30,6 +30,26 @@ from pamqp.header import ContentHeader
 Outgoing = tuple[str, bytes, spec.Basic.Properties]
 """One message to publish: routing key (queue name), body, properties."""
 
+HEADER_FRAME_LIMIT = 64 * 1024
+"""Bytes of a content header frame at most (RabbitMQ closes the connection on a frame over ``frame_max``)."""
+
+
+class UnsendableError(ValueError):
+    """A message whose properties cannot go out (too large, or not encodable): nothing of the batch was sent."""
+
+
+def header_frame(channel: aiormq.Channel, properties: spec.Basic.Properties, body_size: int) -> bytes:
+    """The content header frame of one message; :class:`UnsendableError` when it would endanger the connection."""
+    try:
+        encoded = frame.marshal(ContentHeader(properties=properties, body_size=body_size), channel.number)
+    except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
+        raise UnsendableError(f"message properties cannot be encoded: {exc}") from None
+    limit = min(HEADER_FRAME_LIMIT, int(channel.max_content_size) // 2)
+    if len(encoded) > limit:
+        raise UnsendableError(f"message headers take {len(encoded)} bytes, more than the {limit} allowed")
+    return encoded
+
+
 _BATCH_ATTRIBUTES = ("delivery_tag", "confirmations", "message_id_delivery_tag", "write_queue", "lock")
 
 
@@ -54,7 +74,7 @@ def _frames(channel: aiormq.Channel, messages: Sequence[Outgoing]) -> bytes:
                 spec.Basic.Publish(exchange="", routing_key=key, mandatory=True), number
             )
         parts.append(method)
-        parts.append(frame.marshal(ContentHeader(properties=properties, body_size=len(body)), number))
+        parts.append(header_frame(channel, properties, len(body)))
         parts.extend(frame.marshal(ContentBody(body[i : i + size]), number) for i in range(0, len(body), size))
     return b"".join(parts)
 
@@ -67,6 +87,8 @@ async def publish_many(channel: aiormq.Channel, messages: Sequence[Outgoing]) ->
     returned message, ``DeliveryError`` for a nack, the channel's error when it closes first.
     """
     if not can_batch(channel):
+        for _, body, props in messages:
+            header_frame(channel, props, len(body))
         return await asyncio.gather(
             *(
                 channel.basic_publish(body, routing_key=key, properties=props, mandatory=True, wait=False)

@@ -329,13 +329,14 @@ async def test_many_delayed_jobs_hop_buckets_together_and_none_is_early(broker: 
 
 def test_ack_window_acks_a_finished_run_with_one_frame_and_the_rest_one_by_one() -> None:
     window = AckWindow()
-    window.order.extend([1, 2, 3, 4, 5, 6, 7])
+    for tag in [1, 2, 3, 4, 5, 6, 7]:
+        window.arrived(tag)
     assert window.settle([2, 4]) == (None, [2, 4]), "1 still runs: no multiple ack may cover it"
     assert window.settle([1]) == (1, []), "2 was acked already: a multiple ack naming it is an unknown tag"
     assert window.settle([3, 5]) == (5, []), "3, the acked 4 and 5: one frame naming 5"
     window.sent([7])  # acked one by one elsewhere
     assert window.settle([6]) == (6, [])
-    assert not window.order and not window.acked
+    assert not window.unacked
 
 
 def test_ack_window_never_names_a_tag_twice() -> None:
@@ -346,7 +347,8 @@ def test_ack_window_never_names_a_tag_twice() -> None:
     for _ in range(200):
         window = AckWindow()
         tags = list(range(1, 31))
-        window.order.extend(tags)
+        for tag in tags:
+            window.arrived(tag)
         left = tags[:]
         rng.shuffle(left)
         finished: set[int] = set()
@@ -374,8 +376,8 @@ async def test_redelivery_of_a_job_whose_ack_was_lost_is_acked_not_run_again(bro
         [delivery] = await fetch_one(consumer)
         # An ack the server never read: as if written just before the channel closed.
         delivery.handle.settled = True
-        consumer._forget(delivery)
-        consumer._sent(delivery.handle)
+        consumer.adoption.forget(delivery)
+        consumer.adoption.sent(delivery.handle)
         await delivery.handle.channel.close()
         await anyio.sleep(1.0)  # the channel reopens and the job comes back
         assert await consumer.fetch(1, 0.3) == [], "a finished job is not run again"
@@ -398,10 +400,12 @@ async def test_a_moved_delayed_job_is_not_taken_for_its_acked_original_when_the_
     consumer = await broker.consumer([Q], prefetch=5, lease_seconds=30)
     try:
         with anyio.fail_after(10):
-            while not consumer._waiting:
+            while not consumer.inbox.held:
                 assert await consumer.fetch(1, 0.02) == []
-        assert sent.id in consumer._sent_acks, "the original was moved, and its ack sent on this channel"
-        await consumer._waiting[0][3].channel.close()
+        assert consumer.adoption.sizes()["sent"] == 1, "the original was moved, and its ack sent on this channel"
+        [(_, held)] = consumer.inbox.drain()
+        consumer.inbox.hold(0.0, Q, held)
+        await held.channel.close()
         got = await fetch_one(consumer, within=10.0)
         assert [d.job_id for d in got] == [sent.id], "the job was lost"
     finally:
