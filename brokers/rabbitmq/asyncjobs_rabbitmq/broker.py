@@ -136,9 +136,11 @@ class RabbitBroker:
             return
         if self._connection is None:
             await self.connect()
-        assert self._publisher is not None
+        assert self._publisher is not None and self._connection is not None
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
+                if self._publisher.is_closed:  # the server closed it (a refused message): open another
+                    self._publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 channel = cast(aiormq.Channel, await self._publisher.get_underlay_channel())
                 results = await publish_many(channel, messages)
         except UnsendableError as exc:

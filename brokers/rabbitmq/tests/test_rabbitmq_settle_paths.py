@@ -213,3 +213,18 @@ async def test_a_give_back_cut_short_by_a_cancellation_leaves_each_job_once(
     await consumer.close()
     await anyio.sleep(1.0)
     assert (await broker.stats("default")).ready == 300, "each job is in the queue once"
+
+
+async def test_after_the_server_refuses_an_oversize_message_the_next_enqueue_goes_through() -> None:
+    """RabbitMQ closes the publishing channel on a message over its max size; the next publish opens another."""
+    require_server("rabbitmq")
+    from asyncjobs.errors import BrokerError
+
+    async with rabbitmq_harness(f"t{uuid.uuid4().hex[:10]}") as broker:
+        huge = b"x" * (129 * 1024 * 1024)  # over RabbitMQ's default max_message_size (128 MiB)
+        with pytest.raises(BrokerError, match="larger than configured max size"):
+            await broker.enqueue([OutgoingJob("huge", "default", huge)])
+        del huge
+        body = b'{"v":1,"id":"small","task":"t"}'
+        assert await broker.enqueue([OutgoingJob("small", "default", body)]) == [True]
+        assert (await broker.stats("default")).ready == 1
