@@ -49,6 +49,8 @@ def test_the_metrics_server_binds_the_host_asked_for(args: tuple[str, ...], addr
         host = "0.0.0.0" if args else "127.0.0.1"
         assert f"serving metrics on http://{host}:{port}/metrics" in line
         assert listening_on(port) == {address}
+        while "worker started" not in line and time.monotonic() < deadline:  # its signal handlers are set
+            line = proc.stderr.readline()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

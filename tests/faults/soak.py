@@ -4,7 +4,7 @@ and a SIGTERM now and then. Every job must end done or dead-lettered as its kind
 The mix (``ledger.soak(key, kind)``): ``ok`` runs once; ``late`` runs once after a delay of up to
 3 s; ``flaky`` raises on its first attempt and ``slow`` runs past its 3 s timeout on its first
 attempt, so each is done on its second; ``perm`` raises ``PermanentError`` and is dead-lettered at
-once. Long form: 100,000 jobs, bounded at 15 minutes; short form (CI): 4,000 jobs.
+once. Long form: 100,000 jobs, bounded at 15 minutes; short form (CI): 2,500 jobs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def kind_of(key: str) -> str:
 
 async def soak(broker: str, workdir: Path, long: bool) -> Report:
     """The soak (see the module's docstring)."""
-    total, bound, every = (100_000, 900.0, (5.0, 10.0)) if long else (4000, 150.0, (0.5, 1.0))
+    total, bound, every = (100_000, 900.0, (5.0, 10.0)) if long else (2500, 150.0, (0.4, 0.8))
     report = Report("soak", broker)
     began = time.monotonic()
     opts = ("-c", "10", "--lease", "3", "--drain", "3")
