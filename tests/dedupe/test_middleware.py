@@ -367,3 +367,22 @@ async def test_the_claims_of_running_jobs_are_extended_together_once_per_heartbe
     assert len(store.batches) <= 8, f"about one call per heartbeat over 1.2 s: {store.batches}"
     for i in range(10):
         assert (await record_of(app, f"slow-{i}")).status == "done"
+
+
+async def test_a_store_without_extend_many_has_its_claims_extended_one_by_one() -> None:
+    """Third-party stores need only ``extend``: ``extend_claims`` falls back to it."""
+    from asyncjobs.dedupe.store import extend_claims
+
+    class OnlyExtend:
+        def __init__(self, inner: MemoryDedupeStore) -> None:
+            self.inner, self.calls = inner, 0
+
+        async def extend(self, key: str, owner: str, lease_seconds: float) -> bool:
+            self.calls += 1
+            return await self.inner.extend(key, owner, lease_seconds)
+
+    inner = MemoryDedupeStore()
+    await inner.claim("a", "me", lease_seconds=30, ttl=60)
+    store = OnlyExtend(inner)
+    assert await extend_claims(store, [("a", "me"), ("b", "me")], 30) == [True, False]  # type: ignore[arg-type]
+    assert store.calls == 2
