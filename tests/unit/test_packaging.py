@@ -26,6 +26,8 @@ SCHEMES = {
     "memory": "asyncjobs.broker:_memory_factory",
     "redis": "asyncjobs_redis:from_url",
     "rediss": "asyncjobs_redis:from_url",
+    "redis+cluster": "asyncjobs_redis.cluster:from_url",
+    "rediss+cluster": "asyncjobs_redis.cluster:from_url",
     "amqp": "asyncjobs_rabbitmq:from_url",
     "amqps": "asyncjobs_rabbitmq:from_url",
 }
@@ -113,6 +115,15 @@ def test_the_installed_entry_points_load() -> None:
     for scheme, target in SCHEMES.items():
         assert installed[scheme].value == target
         assert callable(installed[scheme].load())
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster"])
+def test_a_cluster_url_opens_the_cluster_broker_through_the_registry(scheme: str) -> None:
+    from asyncjobs.broker import from_url
+    from asyncjobs_redis import RedisClusterBroker
+
+    broker = from_url(f"{scheme}://127.0.0.1:7000/0?prefix=app")
+    assert type(broker) is RedisClusterBroker
 
 
 @pytest.mark.parametrize(
