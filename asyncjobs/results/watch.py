@@ -90,7 +90,28 @@ class JobWatcher:
 
     async def __call__(self, job: Job, call_next: Callable[[Job], Awaitable[Outcome]]) -> Outcome:
         """Record the start (kept tasks), refuse a cancelled job, run it with progress reporting on."""
+        if await self._marked(job):
+            attempt = self._held.get(job.delivery)
+            if attempt is not None:
+                log.info("%s: cancelled before it started", attempt.describe())
+                attempt.cancel("cancelled")
+                await anyio.lowlevel.checkpoint()  # the attempt's scope is cancelled: this raises
+        token = _current.set((self, job.id))
+        try:
+            return await call_next(job)
+        finally:
+            _current.reset(token)
+
+    async def _marked(self, job: Job) -> bool:
+        """Whether the job has a cancel mark; for kept tasks, its ``running`` state written or buffered.
+
+        The store is asked only when the last beat could not list every mark (or it is in this
+        process). A store that cannot be reached does not fail the job: it runs, its ``running``
+        state waits for the next beat, and a cancel mark found by a later beat stops it then.
+        """
         keep = job.spec.options.keep_result
+        ask = self.store.local or self._marks is None
+        fields: dict[str, Any] = {}
         if keep > 0:
             fields = {
                 "status": "running",
@@ -102,26 +123,21 @@ class JobWatcher:
                 "updated_at": wall_time(),
                 "next_at": None,
             }
-            if self.store.local or self._marks is None:  # one call: write it and read the mark
-                marked = await self.store.started(job.id, fields, keep)
-            else:  # rides on the next beat; progress reported meanwhile wins
-                self._progress[job.id] = {**fields, **self._progress.get(job.id, {})}
-                marked = job.id in self._marks
-        elif self.store.local or self._marks is None:
-            marked = await self.store.cancelled(job.id)
-        else:  # the marks the last beat brought: a cancel newer than that stops the job at the next beat
-            marked = job.id in self._marks
-        if marked:
-            attempt = self._held.get(job.delivery)
-            if attempt is not None:
-                log.info("%s: cancelled before it started", attempt.describe())
-                attempt.cancel("cancelled")
-                await anyio.lowlevel.checkpoint()  # the attempt's scope is cancelled: this raises
-        token = _current.set((self, job.id))
-        try:
-            return await call_next(job)
-        finally:
-            _current.reset(token)
+        if ask:
+            try:
+                return await (self.store.started(job.id, fields, keep) if keep > 0 else self.store.cancelled(job.id))
+            except Exception as exc:
+                log.warning(
+                    "job %s: the result store could not be asked for its cancel mark (%s: %s); it runs, "
+                    "and the next heartbeat of the store looks again",
+                    job.id,
+                    type(exc).__name__,
+                    exc,
+                )
+        if keep > 0:  # rides on the next beat; progress reported meanwhile wins
+            self._progress[job.id] = {**fields, **self._progress.get(job.id, {})}
+        # The marks the last beat brought: a cancel newer than that stops the job at the next beat.
+        return self._marks is not None and job.id in self._marks
 
     async def report(self, job_id: str, fraction: float, message: str) -> None:
         """Buffer a job's progress for the next beat (written at once to a store in this process)."""

@@ -158,3 +158,28 @@ async def test_with_marks_listed_by_the_heartbeat_jobs_are_checked_without_a_sto
     assert sorted(ran) == [n for n in range(20) if n != 7] or (7 in ran and worker.stats.cancelled == 0)
     if not store.local:
         assert asked == []  # checked against the marks the heartbeat brought, no round trip per job
+
+
+async def test_a_result_store_that_cannot_be_reached_does_not_fail_the_jobs_it_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cancel check before a job starts is the store's to answer; an unreachable store burns no attempt."""
+    pytest.importorskip("redis")
+    from asyncjobs.results.redis import RedisResultStore
+    from tests.servers import free_port
+
+    store = RedisResultStore.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    app = App("memory://", results=store)
+    ran: list[int] = []
+
+    @app.task(max_attempts=1, keep_result=0)
+    async def once(n: int) -> None:
+        ran.append(n)
+
+    for n in range(5):
+        await once.enqueue(n)
+    async with running(app, **FAST) as worker:
+        await wait_for(lambda: worker.stats.done + worker.stats.dead >= 5)
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    assert (worker.stats.done, worker.stats.dead) == (5, 0), "none dead-lettered for the store's fault"
+    assert any("could not be asked for its cancel mark" in r.getMessage() for r in caplog.records)

@@ -113,11 +113,6 @@ async def test_an_ack_retried_after_its_reply_was_lost_is_reported_done(prefix: 
         await slow.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: in one CI run through the cutting proxy not every job had run after 40 s "
-    "(TimeoutError at the first eventually); the cause is not found yet",
-)
 async def test_a_worker_through_a_connection_cutting_proxy_runs_every_job_and_burns_no_attempt(
     prefix: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
