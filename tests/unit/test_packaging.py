@@ -119,8 +119,9 @@ def test_the_installed_entry_points_load() -> None:
 
 @pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster"])
 def test_a_cluster_url_opens_the_cluster_broker_through_the_registry(scheme: str) -> None:
-    from asyncjobs.broker import from_url
     from asyncjobs_redis import RedisClusterBroker
+
+    from asyncjobs.broker import from_url
 
     broker = from_url(f"{scheme}://127.0.0.1:7000/0?prefix=app")
     assert type(broker) is RedisClusterBroker
