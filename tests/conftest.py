@@ -27,3 +27,23 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         require_server(BROKER_SERVER[name])
     async with harnesses()[name](f"t{uuid.uuid4().hex[:12]}") as connected:
         yield connected
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Escape lone surrogates in a report's captured output (the hostile-message tests log some).
+
+    A report of a test process under ``pytest -n`` travels as UTF-8, which cannot carry them.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    report.sections = [(name, _utf8(text)) for name, text in report.sections]
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        if _utf8(text) != text:
+            report.longrepr = _utf8(text)
+    return None
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
