@@ -89,6 +89,9 @@ class Delivery:
     instrumented outside asyncjobs puts its W3C ``traceparent`` there rather than in the envelope.
     ``envelope``, when not ``None``, is what decoding ``body`` gives (the in-memory broker's
     shortcut, see :class:`OutgoingJob`): the worker uses it instead of parsing ``body``.
+    ``unreadable``, when not ``None``, is ``(reason, message)`` for a message the broker could not
+    hand over whole (a Redis handle whose id is not UTF-8, or whose body never came): the worker
+    dead-letters it with that reason, counted like any other dead letter, without running it.
     """
 
     queue: str
@@ -99,6 +102,7 @@ class Delivery:
     handle: Any = None
     headers: Mapping[str, str] | None = None
     envelope: Envelope | None = None
+    unreadable: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

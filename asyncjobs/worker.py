@@ -401,6 +401,9 @@ class Worker:
         """
         delivery = attempt.delivery
         attempt.started = started = wall_time()
+        if delivery.unreadable is not None:  # the broker could not hand it over whole
+            reason, message = delivery.unreadable
+            return Outcome("dead", reason, EnvelopeError(message))
         limit = self.app.max_payload_bytes
         if len(delivery.body) > limit:  # a foreign producer's: ours check at enqueue
             too_large = PayloadTooLargeError(

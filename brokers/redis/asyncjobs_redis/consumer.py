@@ -125,57 +125,41 @@ class RedisConsumer:
             self._unread = (name, turn)  # it may have run: the next fetch sends it again under this name
             raise
         out: list[Delivery] = []
-        bad: list[tuple[Delivery, str]] = []
         for i in range(2, 2 + 5 * int(reply[1]), 5):
             qi, handle, raw_token, count, body = reply[i : i + 5]
             token = raw_token.decode()
+            queue = order[qi - 1]
             try:
-                job_id = job_id_of(handle)
+                job_id: str | None = job_id_of(handle)
             except UnicodeDecodeError:
-                bad.append((Delivery(order[qi - 1], None, body, token, count, handle), "malformed"))
-                continue
-            delivery = Delivery(order[qi - 1], job_id, body, token, count, handle)
-            if count == 0:  # its handle was ready, its body never came
-                bad.append((delivery, "missing_body"))
-                continue
+                job_id = None
+            unreadable = self._unreadable(queue, handle, job_id, count)
+            delivery = Delivery(queue, job_id, body, token, count, handle, unreadable=unreadable)
+            if unreadable is not None:
+                log.error("%s; the worker dead-letters it as %s", unreadable[1], unreadable[0])
             self._held[token] = (delivery, until)
             out.append(delivery)
-        if bad:
-            await self._bury(bad)
         if len(out) > room:  # a resent fetch brought back more than there is room for now
             with anyio.CancelScope(shield=True):
                 await self.release(out[room:])
             del out[room:]
         return out, int(reply[0])
 
-    async def _bury(self, deliveries: list[tuple[Delivery, str]]) -> None:
-        """Dead-letter jobs written by hand that the worker cannot be given, bodies intact, and log them.
+    def _unreadable(self, queue: str, handle: bytes, job_id: str | None, count: int) -> tuple[str, str] | None:
+        """Why a job written by hand cannot be given to the worker as it is, or ``None``.
 
-        ``malformed``: the id in the handle is not UTF-8. ``missing_body``: the handle was ready
-        and no body came within the grace the fetch script gives. They never hold up the jobs
-        fetched with them; one that cannot be moved now (the server went away) comes back when its
-        lease ends.
+        ``malformed``: the id in the handle is not UTF-8. ``missing_body``: the handle was ready and
+        no body came within the grace the fetch script gives (its delivery count is 0). The worker
+        dead-letters such a job, bytes intact, beside the jobs fetched with it.
         """
-        for delivery, reason in deliveries:
-            shown = delivery.handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace") or uuid.uuid4().hex
-            key = self._broker.keys(delivery.queue).job[3]
-            why = (
-                "the id in its handle is not UTF-8"
-                if reason == "malformed"
-                else f"its handle was ready but no body was stored under it in {key}"
-            )
-            message = f"job with handle {delivery.handle!r}: {why}"
-            info = DeadLetterInfo(
-                reason, "EnvelopeError", message, attempts=delivery.delivery_count, failed_at=wall_time()
-            )
-            try:
-                with anyio.CancelScope(shield=True):
-                    moved = await self._dead_letter(delivery, info, shown)
-            except BrokerError as exc:
-                log.error("%s; it could not be dead-lettered (%s)", message, exc)
-                continue
-            if moved:
-                log.error("%s; dead-lettered as %s under id %r", message, reason, shown)
+        if job_id is None:
+            why, reason = "the id in its handle is not UTF-8", "malformed"
+        elif count == 0:
+            key = self._broker.keys(queue).job[3]
+            why, reason = f"its handle was ready but no body was stored under it in {key}", "missing_body"
+        else:
+            return None
+        return reason, f"job with handle {handle!r}: {why}"
 
     async def _block(self, seconds: float) -> None:
         """Wait on the server until a job may be ready (a wake signal) or ``seconds`` pass."""
@@ -252,9 +236,16 @@ class RedisConsumer:
 
     async def dead_letter(self, delivery: Delivery, info: DeadLetterInfo) -> bool:
         """Move the leased job, body intact, to the dead letters of its queue (kept under its job id)."""
-        done = await self._dead_letter(delivery, info, delivery.job_id or uuid.uuid4().hex)
+        done = await self._dead_letter(delivery, info, delivery.job_id or self._shown_id(delivery.handle))
         self._held.pop(delivery.token, None)
         return done
+
+    @staticmethod
+    def _shown_id(handle: Any) -> str:
+        """The id part of a handle that is not UTF-8, its bytes escaped (``\\xff``), to keep a dead letter under."""
+        if isinstance(handle, bytes):
+            return handle.rpartition(b"|")[0].decode("utf-8", "backslashreplace") or uuid.uuid4().hex
+        return uuid.uuid4().hex
 
     async def _dead_letter(self, delivery: Delivery, info: DeadLetterInfo, dead_id: str) -> bool:
         _, scripts = await self._broker.client()

@@ -92,7 +92,7 @@ async def test_a_handle_that_is_not_utf8_is_dead_lettered_and_its_batch_runs(bro
     await push(raw, broker, [(bad_handle, bad_body)] + [(f"g{i}|x".encode(), envelope(f"g{i}")) for i in range(3)])
     app, ran = counting_app(broker)
     async with running(app) as worker:
-        await eventually(lambda: len(ran) == 3 and (worker.stats.done, worker.stats.dead) == (3, 0))
+        await eventually(lambda: len(ran) == 3 and (worker.stats.done, worker.stats.dead) == (3, 1))
     [dead] = await broker.list_dead("default")
     assert dead.body == bad_body, "bytes intact"
     assert dead.info.reason == "malformed" and "not UTF-8" in dead.info.error_message
@@ -158,7 +158,7 @@ async def test_a_handle_pushed_without_a_body_is_dead_lettered_as_missing_body(
     [letter] = dead
     assert (letter.id, letter.body, letter.info.reason) == ("lost", b"", "missing_body")
     assert "lost|x1" in letter.info.error_message
-    assert worker.stats.done == 2
+    assert (worker.stats.done, worker.stats.dead) == (2, 1), "the worker counts the dead letter"
     stats = await broker.stats("default")
     assert (stats.ready, stats.scheduled, stats.in_flight, stats.dead) == (0, 0, 0, 1)
     assert any("missing_body" in r.getMessage() for r in caplog.records), "it is logged"
