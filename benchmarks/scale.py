@@ -56,6 +56,8 @@ class Server:
     def url(self, prefix: str) -> str:
         if self.name == "amqp":
             return f"{self.base}?queue_prefix={prefix}."
+        if self.name == "memory":
+            return f"memory://{prefix}"
         return f"{self.base}?prefix={prefix}"
 
 
@@ -106,6 +108,10 @@ FIGURES = (
 def scenarios(processes: list[int]) -> list[Scenario]:
     """Every scenario in the order they run and are shown."""
     one = "1 queue, 1 worker in this process"
+
+    def procs(p: int) -> str:
+        return f"{p} worker process" + ("es" if p > 1 else "")
+
     return [
         Scenario("redis-shared", "cluster", "redis", f"shared redis, {one}"),
         Scenario("redis-aof", "cluster", "redis-aof", f"private redis, {one}"),
@@ -113,8 +119,8 @@ def scenarios(processes: list[int]) -> list[Scenario]:
         Scenario("cluster-3q", "cluster", "cluster", "cluster, 3 queues (3 masters), 1 worker over all 3", queues=3),
         Scenario("redis-aof-3q-3p", "cluster", "redis-aof", "private redis, 3 queues, 3 worker processes", 3, 3),
         Scenario("cluster-3q-3p", "cluster", "cluster", "cluster, 3 queues (3 masters), 1 process per queue", 3, 3),
-        *(Scenario(f"redis-{p}p", "processes", "redis", f"redis://, {p} worker processes", 1, p) for p in processes),
-        *(Scenario(f"amqp-{p}p", "processes", "amqp", f"amqp://, {p} worker processes", 1, p) for p in processes),
+        *(Scenario(f"redis-{p}p", "processes", "redis", f"redis://, {procs(p)}", 1, p) for p in processes),
+        *(Scenario(f"amqp-{p}p", "processes", "amqp", f"amqp://, {procs(p)}", 1, p) for p in processes),
     ]
 
 
@@ -193,6 +199,8 @@ def queue_names(server: Server, prefix: str, count: int) -> list[str]:
 
 async def delete_keys(server: Server, prefix: str) -> None:
     """Delete every key containing ``prefix`` on each Redis node, or every queue on RabbitMQ."""
+    if not server.ports and server.name != "amqp":
+        return
     if server.name == "amqp":
         from benchmarks.suite_rabbitmq import delete_amqp
 
