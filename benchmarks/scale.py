@@ -317,24 +317,33 @@ async def drain_in_processes(
     return cpu
 
 
+def other_cpu(row: Row) -> float | None:
+    """CPU seconds the machine spent on work that is not this scenario's (other processes)."""
+    if row.machine_cpu is None or row.client_cpu is None:
+        return None
+    ours = row.client_cpu + (row.server_cpu or 0.0) + ((row.here_cpu or 0.0) if row.processes else 0.0)
+    return max(row.machine_cpu - ours, 0.0)
+
+
 def limit(row: Row) -> str:
     """Where the limit of a drain is, from the CPU the processes used over its window."""
     if not row.wall or row.client_cpu is None:
         return ""
     cores = os.cpu_count() or 1
     client = row.client_cpu / row.wall
-    server = (row.server_cpu or 0.0) / row.wall
     busiest = (row.server_busiest or 0.0) / row.wall
     machine = (row.machine_cpu or 0.0) / row.wall
+    other = (other_cpu(row) or 0.0) / row.wall
     per_process = client / max(row.processes, 1)
     if row.one_thread and busiest >= 0.8:
         return f"server: its one thread {busiest:.2f} core"
     if machine >= 0.85 * cores:
-        return f"machine CPU: {machine:.1f} of {cores} cores (workers {client:.2f}, server {server:.2f})"
+        shared = f", {other:.1f} of them other work" if other >= 0.3 else ""
+        return f"machine CPU: {machine:.1f} of {cores} cores busy{shared}"
     if per_process >= 0.8:
         return f"client CPU: {per_process:.2f} core per process"
     wait = "round trips and fsync" if "aof" in row.persistence else "round trips"
-    return f"neither CPU saturated: waiting on {wait}"
+    return f"no CPU saturated: waiting on {wait}"
 
 
 # --- the run ----------------------------------------------------------------------------------------

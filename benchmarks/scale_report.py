@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.report import RESULTS_DIR, _finite, _fmt_rate, _ratio, _versions
-from benchmarks.scale import Options, Row
+from benchmarks.scale import Options, Row, other_cpu
 
 
 def cores(seconds: float | None, row: Row) -> str:
@@ -35,13 +35,14 @@ def cluster_table(rows: Sequence[Row], opt: Options) -> Table:
     table = Table(
         title=f"Redis Cluster against one Redis: {opt.jobs:,} no-op jobs, concurrency {opt.concurrency} per worker",
         caption="CPU columns: cores busy over the drain (CPU seconds / drain seconds); client = this process "
-        "(enqueue and worker) or the worker processes; server = all its processes (busiest one)",
+        "(enqueue and worker) or the worker processes; server = all its processes (busiest one); machine = every "
+        "core, other work = machine less this scenario's processes",
     )
     for name in ("scenario", "persistence"):
         table.add_column(name)
     for name in ("enqueue 1x1\njobs/s", "enqueue bulk\njobs/s", "drain\njobs/s", "drain vs\nshared redis"):
         table.add_column(name, justify="right")
-    for name in ("client\ncores", "server cores\n(busiest)", "machine\ncores"):
+    for name in ("client\ncores", "server cores\n(busiest)", "machine\ncores", "other\nwork"):
         table.add_column(name, justify="right")
     table.add_column("limit")
     table.add_column("status")
@@ -56,6 +57,7 @@ def cluster_table(rows: Sequence[Row], opt: Options) -> Table:
             cores(row.client_cpu, row),
             f"{cores(row.server_cpu, row)} ({cores(row.server_busiest, row)})",
             cores(row.machine_cpu, row),
+            cores(other_cpu(row), row),
             row.limit,
             status(row),
             style=None if row.status == "ok" else "dim",
@@ -69,12 +71,13 @@ def processes_table(rows: Sequence[Row], opt: Options) -> Table:
         title=f"Worker processes: {opt.jobs:,} queued no-op jobs, 1 queue, concurrency {opt.concurrency} per process, "
         f"{os.cpu_count()} cores",
         caption="cores busy over the drain; workers: all worker processes together (per process); "
-        "listener: this process receiving the job starts; machine: every core, other work included",
+        "listener: this process receiving the job starts; machine: every core; other work: machine less this "
+        "scenario's processes",
     )
     table.add_column("scenario")
     for name in ("enqueue bulk\njobs/s", "drain\njobs/s", "vs 1\nprocess", "workers cores\n(per process)"):
         table.add_column(name, justify="right")
-    for name in ("listener\ncores", "server\ncores", "machine\ncores"):
+    for name in ("listener\ncores", "server\ncores", "machine\ncores", "other\nwork"):
         table.add_column(name, justify="right")
     table.add_column("limit")
     table.add_column("status")
@@ -90,6 +93,7 @@ def processes_table(rows: Sequence[Row], opt: Options) -> Table:
             cores(row.here_cpu, row),
             cores(row.server_cpu, row),
             cores(row.machine_cpu, row),
+            cores(other_cpu(row), row),
             row.limit,
             status(row),
             style=None if row.status == "ok" else "dim",
