@@ -340,7 +340,7 @@ def limit(row: Row) -> str:
     if machine >= 0.85 * cores:
         shared = f", {other:.1f} of them other work" if other >= 0.3 else ""
         return f"machine CPU: {machine:.1f} of {cores} cores busy{shared}"
-    if per_process >= 0.8:
+    if per_process >= 0.7:
         return f"client CPU: {per_process:.2f} core per process"
     wait = "round trips and fsync" if "aof" in row.persistence else "round trips"
     return f"no CPU saturated: waiting on {wait}"

@@ -25,6 +25,13 @@ def cores(seconds: float | None, row: Row) -> str:
     return f"{seconds / row.wall:.2f}"
 
 
+def per_job(seconds: float | None, row: Row) -> str:
+    """CPU seconds over the drain as microseconds per drained job."""
+    if seconds is None or not row.jobs:
+        return "-"
+    return f"{seconds / row.jobs * 1e6:,.0f}"
+
+
 def status(row: Row) -> str:
     return row.status if row.duplicates == 0 else f"{row.status}, {row.duplicates} duplicates"
 
@@ -34,7 +41,8 @@ def cluster_table(rows: Sequence[Row], opt: Options) -> Table:
     ref = next((r for r in rows if r.key == "redis-shared" and r.status == "ok"), None)
     table = Table(
         title=f"Redis Cluster against one Redis: {opt.jobs:,} no-op jobs, concurrency {opt.concurrency} per worker",
-        caption="CPU columns: cores busy over the drain (CPU seconds / drain seconds); client = this process "
+        caption="CPU columns: cores busy over the drain (CPU seconds / drain seconds), and CPU microseconds per "
+        "drained job; client = this process "
         "(enqueue and worker) or the worker processes; server = all its processes (busiest one); machine = every "
         "core, other work = machine less this scenario's processes",
     )
@@ -42,7 +50,9 @@ def cluster_table(rows: Sequence[Row], opt: Options) -> Table:
         table.add_column(name)
     for name in ("enqueue 1x1\njobs/s", "enqueue bulk\njobs/s", "drain\njobs/s", "drain vs\nshared redis"):
         table.add_column(name, justify="right")
-    for name in ("client\ncores", "server cores\n(busiest)", "machine\ncores", "other\nwork"):
+    for name in ("client\ncores", "client\nus/job", "server cores\n(busiest)", "server\nus/job"):
+        table.add_column(name, justify="right")
+    for name in ("machine\ncores", "other\nwork"):
         table.add_column(name, justify="right")
     table.add_column("limit")
     table.add_column("status")
@@ -55,7 +65,9 @@ def cluster_table(rows: Sequence[Row], opt: Options) -> Table:
             _fmt_rate(row.drain),
             _ratio(row.drain, ref.drain if ref else None),
             cores(row.client_cpu, row),
+            per_job(row.client_cpu, row),
             f"{cores(row.server_cpu, row)} ({cores(row.server_busiest, row)})",
+            per_job(row.server_cpu, row),
             cores(row.machine_cpu, row),
             cores(other_cpu(row), row),
             row.limit,
@@ -71,13 +83,13 @@ def processes_table(rows: Sequence[Row], opt: Options) -> Table:
         title=f"Worker processes: {opt.jobs:,} queued no-op jobs, 1 queue, concurrency {opt.concurrency} per process, "
         f"{os.cpu_count()} cores",
         caption="cores busy over the drain; workers: all worker processes together (per process); "
-        "listener: this process receiving the job starts; machine: every core; other work: machine less this "
-        "scenario's processes",
+        "us/job: CPU microseconds per drained job; machine: every core; other work: machine less this "
+        "scenario's processes (this process, receiving the job starts, is in the JSON as here_cpu)",
     )
     table.add_column("scenario")
     for name in ("enqueue bulk\njobs/s", "drain\njobs/s", "vs 1\nprocess", "workers cores\n(per process)"):
         table.add_column(name, justify="right")
-    for name in ("listener\ncores", "server\ncores", "machine\ncores", "other\nwork"):
+    for name in ("workers\nus/job", "server\ncores", "server\nus/job", "machine\ncores", "other\nwork"):
         table.add_column(name, justify="right")
     table.add_column("limit")
     table.add_column("status")
@@ -90,8 +102,9 @@ def processes_table(rows: Sequence[Row], opt: Options) -> Table:
             _fmt_rate(row.drain),
             _ratio(row.drain, one.drain if one else None),
             f"{cores(row.client_cpu, row)} ({cores(per, row)})",
-            cores(row.here_cpu, row),
+            per_job(row.client_cpu, row),
             cores(row.server_cpu, row),
+            per_job(row.server_cpu, row),
             cores(row.machine_cpu, row),
             cores(other_cpu(row), row),
             row.limit,
