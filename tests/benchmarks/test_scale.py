@@ -9,8 +9,9 @@ import pytest
 from rich.console import Console
 
 from benchmarks.core import Recorder
-from benchmarks.scale import Options, Row, Scenario, Server, limit, run_scenario, scenarios, shared_redis, summarize
+from benchmarks.scale import Options, Row, Scenario, limit, run_scenario, scenarios, summarize
 from benchmarks.scale_report import print_tables
+from benchmarks.scale_servers import Server, shared_redis
 from tests.harness import require_server
 
 pytestmark = pytest.mark.anyio
