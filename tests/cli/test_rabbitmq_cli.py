@@ -54,11 +54,6 @@ async def test_one_shot_commands_log_nothing_but_show_the_connect_line_at_debug(
     assert "DEBUG asyncjobs_rabbitmq.broker: connected to RabbitMQ" in debug.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: aio-pika's close callback task is sometimes still pending when the worker's loop "
-    "closes ('Task was destroyed but it is pending'), although the CLI waits up to 1 s for other tasks",
-)
 async def test_a_worker_says_it_connected_and_stops_without_client_noise(rabbit: tuple[Broker, str]) -> None:
     text = await anyio.to_thread.run_sync(start_and_stop_a_worker, rabbit[1])
     assert "INFO asyncjobs_rabbitmq.broker: connected to RabbitMQ" in text
