@@ -145,6 +145,7 @@ class RabbitConsumer:
 
     async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | Move | None:
         """A delivery to hand out, a message to re-publish elsewhere first, or nothing (held here, or its channel is gone)."""
+        held_until_due = self.inbox.hold_ended(message)  # held here as long as it had left: due now
         if message.channel.is_closed:
             return None  # the server requeued it with its channel; it comes again
         names = self._subscription.names[queue]
@@ -154,7 +155,7 @@ class RabbitConsumer:
         if server_count is None and redelivered(message):  # classic: count it in a header
             return Lease(message, names, prior), names.work, prior + 1
         prior += server_count or 0
-        remaining = wire.remaining_of(headers)
+        remaining = None if held_until_due else wire.remaining_of(headers)
         if remaining is not None and remaining > 0:  # early (back from a bucket, or a short delay)
             ms = bucket_for(remaining)
             if ms is not None:
