@@ -50,6 +50,12 @@ back although its ack was sent (and its re-published copy exists)."""
 class RabbitConsumer:
     """Leases jobs of some queues to one worker over one channel (prefetch per queue)."""
 
+    comes_back = (
+        "RabbitMQ delivers it again once it is nacked or its channel closes "
+        "(when this worker stops, at the latest), not when a lease ends"
+    )
+    """How a delivery this worker could not settle comes back (for the worker's logs)."""
+
     def __init__(self, link: Link, queues: Sequence[str], prefetch: int, lease_seconds: float) -> None:
         self._link = link
         self._queues = list(queues)

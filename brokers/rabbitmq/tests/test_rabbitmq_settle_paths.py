@@ -228,3 +228,27 @@ async def test_after_the_server_refuses_an_oversize_message_the_next_enqueue_goe
         body = b'{"v":1,"id":"small","task":"t"}'
         assert await broker.enqueue([OutgoingJob("small", "default", body)]) == [True]
         assert (await broker.stats("default")).ready == 1
+
+
+async def test_a_settle_that_fails_is_logged_with_what_rabbitmq_does_with_the_job(
+    broker: RabbitBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No lease ends on amqp://: the log says the job is nacked or comes back with its channel."""
+    app = App(broker)
+    caplog.set_level("ERROR", logger="asyncjobs.settle")
+    async with running(app, concurrency=1, prefetch=1, lease_seconds=10) as worker:
+        await eventually(worker.ready.is_set)
+        names = await broker.topology.ensure("default")
+        connection = await aio_pika.connect(URL)
+        try:  # the dead-letter queue is gone: storing the dead letter is refused (unroutable)
+            channel = await connection.channel()
+            await channel.queue_delete(names.dead)
+        finally:
+            await connection.close()
+        await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "default", body("x", task="no.such.task"))])
+        await eventually(lambda: worker.stats.settle_failed >= 1, within=20)
+        worker.stop()
+    [line, *_] = [r.getMessage() for r in caplog.records if "could not dead-letter it" in r.getMessage()]
+    assert "nacked back to its queue" in line, line
+    assert line.endswith(RabbitConsumer.comes_back), line
+    assert "when its lease ends" not in line, line
