@@ -39,8 +39,12 @@ from asyncjobs_rabbitmq.topology import bucket_for
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
-REPUBLISH_TIMEOUT = 3.0
-"""Seconds a re-publish (give-back, move to a bucket, classic count) waits for its confirms, shielded."""
+REPUBLISH_TIMEOUT = 10.0
+"""Seconds a re-publish (give-back, move to a bucket, classic count) waits for its confirms, shielded.
+
+Until the confirms come, the copies may or may not be stored: giving up then and nacking the
+originals runs every job whose copy was stored twice. So this is a bound for a server that is
+gone, not a punctuality target: a quorum queue on a loaded host can take seconds to confirm."""
 SETTLE_GRACE = 0.3
 """Seconds a channel stays open after its last ack before it is closed. A quorum queue's channel may
 stash settlements while many are in flight and drops the stash when it closes: the job would come

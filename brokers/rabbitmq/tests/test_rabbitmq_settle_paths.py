@@ -252,3 +252,35 @@ async def test_a_settle_that_fails_is_logged_with_what_rabbitmq_does_with_the_jo
     assert "nacked back to its queue" in line, line
     assert line.endswith(RabbitConsumer.comes_back), line
     assert "when its lease ends" not in line, line
+
+
+async def test_a_give_back_whose_confirms_are_slow_leaves_each_job_once() -> None:
+    """A loaded server may confirm the copies of a shutdown's give-back late: the originals are acked
+    when the confirms come, not nacked back beside their stored copies (each job would run twice)."""
+    require_server("rabbitmq")
+    from asyncjobs_rabbitmq.consumer import REPUBLISH_TIMEOUT
+
+    prefix = f"s{uuid.uuid4().hex[:10]}"
+    async with rabbitmq_harness(prefix, "quorum") as direct:
+        await direct.enqueue([OutgoingJob(uuid.uuid4().hex, "default", body(f"j{i}")) for i in range(20)])
+        with tcp_proxy("127.0.0.1", 5672) as proxy:
+            via = RabbitBroker(
+                f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=60&queue_type=quorum&queue_prefix={prefix}."
+            )
+            await via.connect()
+            try:
+                consumer = await via.consumer(["default"], prefetch=20, lease_seconds=30)
+                got: list[Delivery] = []
+                with anyio.fail_after(10):
+                    while len(got) < 20:
+                        got += await consumer.fetch(20, 0.5)
+                slow = 4.5
+                assert slow < REPUBLISH_TIMEOUT, "the stall must stay within the time a give-back waits"
+                proxy.stall(slow)  # the copies' confirms come 4.5 s late
+                with anyio.fail_after(REPUBLISH_TIMEOUT + 5):
+                    await consumer.release(got)
+                await consumer.close()
+            finally:
+                await via.close()
+        await anyio.sleep(1.0)
+        assert (await direct.stats("default")).ready == 20, "each job is in the queue once"
