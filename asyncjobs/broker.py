@@ -167,12 +167,28 @@ class QueueStats:
     oldest_ready_age: float | None = None
 
 
+COMES_BACK = "the broker delivers it again when its lease ends"
+"""What becomes of a delivery a worker leaves unsettled, for a consumer that does not say (see :func:`comes_back`)."""
+
+
+def comes_back(consumer: object) -> str:
+    """How a delivery this worker could not settle comes back, in the words of its consumer (for logs).
+
+    A consumer may say it in a ``comes_back`` attribute (a clause such as :data:`COMES_BACK`);
+    one whose deliveries end otherwise than with a lease deadline (RabbitMQ: with the channel)
+    should, so the log tells what happens.
+    """
+    text = getattr(consumer, "comes_back", None)
+    return text if isinstance(text, str) and text else COMES_BACK
+
+
 @runtime_checkable
 class Consumer(Protocol):
     """The leasing side of a broker, owned by one worker.
 
     All leases a consumer hands out have the length given when it was opened. Every method is
-    safe to call concurrently from many tasks of one event loop.
+    safe to call concurrently from many tasks of one event loop. Optionally, ``comes_back`` says
+    how a delivery left unsettled comes back (see :func:`comes_back`).
     """
 
     async def fetch(self, max_count: int, wait_seconds: float) -> list[Delivery]:

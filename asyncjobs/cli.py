@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 
+import anyio
 import click
 from rich.table import Table
 
@@ -21,6 +22,8 @@ from asyncjobs.errors import AsyncJobsError
 from asyncjobs.extras import version
 from asyncjobs.logsetup import LogFormat, configure, job_lines
 from asyncjobs.worker import Worker
+
+BROKER_CLOSE_SECONDS = 5.0  # a worker's broker connection closes within this after its last settle
 
 __all__ = ["load_app", "main", "task_queues"]
 
@@ -142,7 +145,7 @@ def worker(
         command = [sys.executable, "-m", "asyncjobs.cli", *sys.argv[1:], "--workers", "1"]
         sys.exit(Supervisor(command, workers, drain_seconds).run())
 
-    async def serve() -> None:
+    async def work() -> None:
         if metrics_port is None:
             await Worker(app, config).run()
             return
@@ -150,6 +153,13 @@ def worker(
 
         async with serve_metrics(metrics_port, app.broker, config.queues, host=metrics_host):
             await Worker(app, config).run()
+
+    async def serve() -> None:
+        try:
+            await work()
+        finally:  # a connection left open would be torn down with the event loop, its client's tasks pending
+            with anyio.CancelScope(shield=True), anyio.move_on_after(BROKER_CLOSE_SECONDS):
+                await app.broker.close()
 
     run(serve)
 

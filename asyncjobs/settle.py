@@ -12,7 +12,7 @@ import anyio
 
 from asyncjobs import instruments, joblog
 from asyncjobs.attempt import Attempt
-from asyncjobs.broker import Consumer, DeadLetterInfo
+from asyncjobs.broker import Consumer, DeadLetterInfo, comes_back
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import BrokerConnectionError, JobTimeout
@@ -59,7 +59,7 @@ class WorkerStats:
     ``dead`` (dead-lettered), ``lease_lost`` (left alone: the lease was no longer ours),
     ``released`` (given back by a shutdown, not counted as an attempt), ``cancelled`` (acked: a
     user cancelled it) and ``settle_failed`` (the broker, or the result store, failed the settle:
-    the job comes back when its lease ends, counted).
+    the job comes back, counted, as its consumer says: :func:`~asyncjobs.broker.comes_back`).
     ``timed_out`` counts the retried or dead attempts that ended in their timeout.
     """
 
@@ -277,7 +277,7 @@ class Settler:
             await self.release([attempt])
             return
         if self._record is not None and (outcome := await self._record(attempt, outcome)) is None:
-            self.stats.settle_failed += 1  # the result store failed: left to come back when its lease ends
+            self.stats.settle_failed += 1  # the result store failed: left to come back as its consumer says
             self._free((attempt,))
             return
         kind = outcome.kind
@@ -290,14 +290,15 @@ class Settler:
                 ok = await self._retry(attempt, env, outcome)
             else:
                 ok = await self._dead_letter(attempt, env, outcome)
-        except Exception as exc:  # the broker failed: the job comes back when its lease ends
+        except Exception as exc:  # the broker failed: the job comes back as its consumer says
             self.stats.settle_failed += 1
             log.error(
-                "%s: could not %s it (%s: %s); the broker delivers it again when its lease ends",
+                "%s: could not %s it (%s: %s); %s",
                 attempt.describe(),
                 "dead-letter" if kind == "dead" else "retry",
                 type(exc).__name__,
                 exc,
+                comes_back(self._consumer),
             )
             ok = True
         self._free((attempt,))
@@ -345,7 +346,7 @@ class Settler:
 
         One whose lease was lost meanwhile is left alone and counted as such. Shielded from
         cancellation and bounded in time: a give-back that cannot be made is logged, and those
-        jobs return when their leases end.
+        jobs come back as their consumer says (:func:`~asyncjobs.broker.comes_back`).
         """
         lost = [a for a in attempts if a.lost]
         if lost:
@@ -359,22 +360,23 @@ class Settler:
             return
         for attempt in attempts:
             attempt.phase = "settling"
-        released = False
+        released, why = False, f"no answer within {_RELEASE_SECONDS:g}s"
         with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_SECONDS):
             try:
                 await self._consumer.release([a.delivery for a in attempts])
                 released = True
             except Exception as exc:
-                log.error("could not give back %d jobs (%s); they return when their leases end", len(attempts), exc)
+                why = f"{type(exc).__name__}: {exc}"
         if released:
             self.stats.released += len(attempts)
             for attempt in attempts:
                 joblog.settled(attempt, "released")
         else:
             self.stats.settle_failed += len(attempts)
+            log.error("could not give back %d jobs (%s); for each, %s", len(attempts), why, comes_back(self._consumer))
         self._free(attempts)
 
 
 _CANCELLED = Outcome("cancelled", "cancelled")
 Record = Callable[[Attempt, Outcome], Awaitable[Outcome | None]]
-_RELEASE_SECONDS = 5.0  # a give-back that takes longer is abandoned: the jobs return when their leases end
+_RELEASE_SECONDS = 5.0  # a give-back that takes longer is abandoned: the jobs come back as their consumer says

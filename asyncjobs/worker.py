@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 import anyio
@@ -156,11 +157,18 @@ class Worker:
         if self._stop_requests > 1:
             self._hard.set()
         await self.broker.connect()
-        async with self.app.lifecycle.running():  # startup hooks before the first fetch, shutdown after the last settle
-            self._chain = self._build_chain()  # a startup hook may have configured OpenTelemetry
-            return await self._serve()
+        with self._signal_receiver() as signals:  # handled until the consumer is closed: never a kill mid-close
+            async with self.app.lifecycle.running():  # startup hooks before the first fetch, shutdown after
+                self._chain = self._build_chain()  # a startup hook may have configured OpenTelemetry
+                return await self._serve(signals)
 
-    async def _serve(self) -> WorkerStats:
+    def _signal_receiver(self) -> contextlib.AbstractContextManager[AsyncIterator[int] | None]:
+        """SIGTERM/SIGINT caught for the whole run (from the first fetch until the consumer has closed)."""
+        if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
+            return anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+        return contextlib.nullcontext()
+
+    async def _serve(self, signals: AsyncIterator[int] | None = None) -> WorkerStats:
         """Consume until stopped; when it returns, every job it took is settled or given back."""
         consumer = await self.broker.consumer(
             self.config.queues, prefetch=self.config.leases_held, lease_seconds=self.config.lease_seconds
@@ -176,8 +184,8 @@ class Worker:
                 if self.jobs is not None:
                     self.jobs.bind(keeper.held)
                     services.start_soon(self.jobs.run)
-                if self.config.shutdown_signals and threading.current_thread() is threading.main_thread():
-                    await services.start(self._watch_signals)
+                if signals is not None:
+                    services.start_soon(self._watch_signals, signals)
                 services.start_soon(self._stop_when_asked, keeper, settler)
                 with anyio.CancelScope() as self._work_scope:
                     await self._work(consumer, keeper, settler)
@@ -223,13 +231,11 @@ class Worker:
         if self._room:
             self._room.wake_all()
 
-    async def _watch_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                how = "stopping now" if self._stop_requests else "draining, send again to stop now"
-                log.warning("received %s: %s", signal.Signals(signum).name, how)
-                self.stop()
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            how = "stopping now" if self._stop_requests else "draining, send again to stop now"
+            log.warning("received %s: %s", signal.Signals(signum).name, how)
+            self.stop()
 
     async def _fetch_loop(self, consumer: Consumer, keeper: LeaseKeeper, settler: Settler) -> None:
         """The only code that leases jobs: as many as there are free slots, one broker call at a time."""

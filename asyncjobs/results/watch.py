@@ -184,8 +184,8 @@ class JobWatcher:
         """Record a final (or retrying) outcome before the broker is told; the outcome to settle.
 
         A result the store refuses (too large, not JSON) turns the outcome into ``dead`` with
-        that error. ``None`` when the store failed: the job is left to come back when its lease
-        ends (never acked without its result).
+        that error. ``None`` when the store failed: the job is left unsettled, to come back as its
+        broker's consumer says (never acked without its result).
         """
         env, job_id = attempt.envelope, attempt.delivery.job_id
         if env is None and outcome.kind == "cancelled":  # cancelled before it started: read what it was
@@ -223,7 +223,7 @@ class JobWatcher:
         except Exception as exc:
             log.error(
                 "%s: could not record its outcome in the result store (%s: %s); not settled, it runs again "
-                "when its lease ends",
+                "when the broker delivers it again",
                 attempt.describe(),
                 type(exc).__name__,
                 exc,

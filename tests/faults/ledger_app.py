@@ -89,6 +89,11 @@ class Ledger:
                     self._pool = pool
         return self._pool
 
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
     async def start(self, key: str, ended: bool = False) -> int:
         job = _job.get()
         started = now()
@@ -125,6 +130,13 @@ app = App(
     middleware=[Context(), DedupeMiddleware(store, grace_seconds=1.0, max_defer_seconds=0.5)],
     enqueue_guard=store,
 )
+
+
+@app.on_shutdown
+async def close_pools() -> None:
+    """After the last settle: the pools' tasks would otherwise keep the command waiting for them at exit."""
+    await ledger.close()
+    await store.close()
 
 
 @app.task(name="ledger.noop", timeout=30, max_attempts=5)

@@ -175,23 +175,7 @@ def test_a_blocked_loop_is_reported_and_its_side_effect_stays_single(
 # 8. clock skew ----------------------------------------------------------------------------------
 
 
-AMQP_SKEWED_BEHIND = (
-    "intermittent on amqp://: with a producer 5 minutes behind, some delayed jobs had not run 25 s after "
-    "a 3 s delay (late_waits 'behind': inf) in a CI run; the ahead case and the bucket-level tests pass"
-)
-
-
-@pytest.mark.parametrize(
-    "broker",
-    [
-        pytest.param("redis", marks=pytest.mark.redis, id="redis"),
-        pytest.param(
-            "amqp",
-            marks=[pytest.mark.rabbitmq, pytest.mark.xfail(strict=False, reason=AMQP_SKEWED_BEHIND)],
-            id="amqp",
-        ),
-    ],
-)
+@pytest.mark.parametrize("broker", BROKERS)
 def test_delays_and_retry_backoff_hold_across_hosts_with_skewed_clocks(
     broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -7,7 +7,7 @@ import uuid
 import anyio
 import pytest
 
-from asyncjobs.broker import DeadLetterInfo, OutgoingJob
+from asyncjobs.broker import COMES_BACK, DeadLetterInfo, OutgoingJob, comes_back
 from asyncjobs.errors import BrokerURLError, QueueFullError
 from asyncjobs.memory import MAX_JOBS, MemoryBroker
 
@@ -114,3 +114,12 @@ async def test_a_million_tiny_jobs_are_refused_by_default_long_before_memory_run
     with pytest.raises(QueueFullError):
         await broker.enqueue(batch[:1])
     assert (await broker.stats("q")).ready == MAX_JOBS
+
+
+async def test_a_settle_that_fails_is_logged_as_coming_back_when_its_lease_ends() -> None:
+    broker = MemoryBroker(f"memory://{uuid.uuid4().hex}")
+    consumer = await broker.consumer(["q"], prefetch=1, lease_seconds=30)
+    try:
+        assert comes_back(consumer) == COMES_BACK == "the broker delivers it again when its lease ends"
+    finally:
+        await consumer.close()

@@ -39,8 +39,12 @@ from asyncjobs_rabbitmq.topology import bucket_for
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
-REPUBLISH_TIMEOUT = 3.0
-"""Seconds a re-publish (give-back, move to a bucket, classic count) waits for its confirms, shielded."""
+REPUBLISH_TIMEOUT = 10.0
+"""Seconds a re-publish (give-back, move to a bucket, classic count) waits for its confirms, shielded.
+
+Until the confirms come, the copies may or may not be stored: giving up then and nacking the
+originals runs every job whose copy was stored twice. So this is a bound for a server that is
+gone, not a punctuality target: a quorum queue on a loaded host can take seconds to confirm."""
 SETTLE_GRACE = 0.3
 """Seconds a channel stays open after its last ack before it is closed. A quorum queue's channel may
 stash settlements while many are in flight and drops the stash when it closes: the job would come
@@ -49,6 +53,12 @@ back although its ack was sent (and its re-published copy exists)."""
 
 class RabbitConsumer:
     """Leases jobs of some queues to one worker over one channel (prefetch per queue)."""
+
+    comes_back = (
+        "RabbitMQ delivers it again once it is nacked or its channel closes "
+        "(when this worker stops, at the latest), not when a lease ends"
+    )
+    """How a delivery this worker could not settle comes back (for the worker's logs)."""
 
     def __init__(self, link: Link, queues: Sequence[str], prefetch: int, lease_seconds: float) -> None:
         self._link = link
@@ -145,6 +155,7 @@ class RabbitConsumer:
 
     async def _admit(self, queue: str, message: DeliveredMessage) -> Delivery | Move | None:
         """A delivery to hand out, a message to re-publish elsewhere first, or nothing (held here, or its channel is gone)."""
+        held_until_due = self.inbox.hold_ended(message)  # held here as long as it had left: due now
         if message.channel.is_closed:
             return None  # the server requeued it with its channel; it comes again
         names = self._subscription.names[queue]
@@ -154,7 +165,7 @@ class RabbitConsumer:
         if server_count is None and redelivered(message):  # classic: count it in a header
             return Lease(message, names, prior), names.work, prior + 1
         prior += server_count or 0
-        remaining = wire.remaining_of(headers)
+        remaining = None if held_until_due else wire.remaining_of(headers)
         if remaining is not None and remaining > 0:  # early (back from a bucket, or a short delay)
             ms = bucket_for(remaining)
             if ms is not None:

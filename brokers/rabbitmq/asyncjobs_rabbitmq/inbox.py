@@ -1,7 +1,10 @@
 """Messages a consumer received but has not handed out: in arrival order, or held here until due.
 
 A message due in less than the smallest delay bucket is held here (it keeps its prefetch slot)
-until it is due, measured on this host's monotonic clock from when it was admitted.
+until it is due, measured on this host's monotonic clock from when it was admitted. When its hold
+ends it is due: its headers are not read again (where the publisher's clock disagrees with this
+host's, the wait left is the carried delay, which no clock here counts down, so a second reading
+would hold it again, and again).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Inbox:
         self._waiting: list[tuple[float, int, str, DeliveredMessage]] = []  # (due, serial, queue, message)
         self._serial = itertools.count()
         self._arrived = asyncio.Event()
+        self._held_out: dict[int, DeliveredMessage] = {}  # id -> message whose hold ended, until admitted
 
     def put(self, queue: str, message: DeliveredMessage) -> None:
         """A message came in."""
@@ -49,8 +53,13 @@ class Inbox:
         now = monotonic()
         while self._waiting and self._waiting[0][0] <= now:
             _, _, queue, message = heapq.heappop(self._waiting)
+            self._held_out[id(message)] = message
             self._ready.appendleft((queue, message))
         return self._ready.popleft() if self._ready else None
+
+    def hold_ended(self, message: DeliveredMessage) -> bool:
+        """Whether ``message`` comes out of a hold here (so it is due now); asked once per hold."""
+        return self._held_out.pop(id(message), None) is not None
 
     async def wait(self, seconds: float) -> None:
         """Wait up to ``seconds`` for a message to come in or a held one to come due."""
@@ -90,4 +99,5 @@ class Inbox:
         items = [*self._ready, *((queue, message) for _, _, queue, message in self._waiting)]
         self._ready.clear()
         self._waiting.clear()
+        self._held_out.clear()
         return [(queue, message) for queue, message in items if not message.channel.is_closed]

@@ -75,7 +75,11 @@ async def broker() -> AsyncIterator[RabbitBroker]:
         yield connected
 
 
-@pytest.mark.parametrize(("skew", "delay"), [(SKEW, 1.5), (-SKEW, 3.0)], ids=["ahead", "behind"])
+@pytest.mark.parametrize(
+    ("skew", "delay"),
+    [(SKEW, 1.5), (-SKEW, 3.0), (SKEW, 1.2), (-SKEW, 1.2)],
+    ids=["ahead", "behind", "ahead-held-by-the-consumer", "behind-held-by-the-consumer"],
+)
 async def test_on_the_server_a_job_from_a_skewed_publisher_runs_when_its_delay_ends(
     broker: RabbitBroker, skew: float, delay: float
 ) -> None:

@@ -228,3 +228,59 @@ async def test_after_the_server_refuses_an_oversize_message_the_next_enqueue_goe
         body = b'{"v":1,"id":"small","task":"t"}'
         assert await broker.enqueue([OutgoingJob("small", "default", body)]) == [True]
         assert (await broker.stats("default")).ready == 1
+
+
+async def test_a_settle_that_fails_is_logged_with_what_rabbitmq_does_with_the_job(
+    broker: RabbitBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No lease ends on amqp://: the log says the job is nacked or comes back with its channel."""
+    app = App(broker)
+    caplog.set_level("ERROR", logger="asyncjobs.settle")
+    async with running(app, concurrency=1, prefetch=1, lease_seconds=10) as worker:
+        await eventually(worker.ready.is_set)
+        names = await broker.topology.ensure("default")
+        connection = await aio_pika.connect(URL)
+        try:  # the dead-letter queue is gone: storing the dead letter is refused (unroutable)
+            channel = await connection.channel()
+            await channel.queue_delete(names.dead)
+        finally:
+            await connection.close()
+        await broker.enqueue([OutgoingJob(uuid.uuid4().hex, "default", body("x", task="no.such.task"))])
+        await eventually(lambda: worker.stats.settle_failed >= 1, within=20)
+        worker.stop()
+    [line, *_] = [r.getMessage() for r in caplog.records if "could not dead-letter it" in r.getMessage()]
+    assert "nacked back to its queue" in line, line
+    assert line.endswith(RabbitConsumer.comes_back), line
+    assert "when its lease ends" not in line, line
+
+
+async def test_a_give_back_whose_confirms_are_slow_leaves_each_job_once() -> None:
+    """A loaded server may confirm the copies of a shutdown's give-back late: the originals are acked
+    when the confirms come, not nacked back beside their stored copies (each job would run twice)."""
+    require_server("rabbitmq")
+    from asyncjobs_rabbitmq.consumer import REPUBLISH_TIMEOUT
+
+    prefix = f"s{uuid.uuid4().hex[:10]}"
+    async with rabbitmq_harness(prefix, "quorum") as direct:
+        await direct.enqueue([OutgoingJob(uuid.uuid4().hex, "default", body(f"j{i}")) for i in range(20)])
+        with tcp_proxy("127.0.0.1", 5672) as proxy:
+            via = RabbitBroker(
+                f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=60&queue_type=quorum&queue_prefix={prefix}."
+            )
+            await via.connect()
+            try:
+                consumer = await via.consumer(["default"], prefetch=20, lease_seconds=30)
+                got: list[Delivery] = []
+                with anyio.fail_after(10):
+                    while len(got) < 20:
+                        got += await consumer.fetch(20, 0.5)
+                slow = 4.5
+                assert slow < REPUBLISH_TIMEOUT, "the stall must stay within the time a give-back waits"
+                proxy.stall(slow)  # the copies' confirms come 4.5 s late
+                with anyio.fail_after(REPUBLISH_TIMEOUT + 5):
+                    await consumer.release(got)
+                await consumer.close()
+            finally:
+                await via.close()
+        await anyio.sleep(1.0)
+        assert (await direct.stats("default")).ready == 20, "each job is in the queue once"
