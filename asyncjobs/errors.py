@@ -83,6 +83,10 @@ class ResultTooLargeError(AsyncJobsError, ValueError):
     """A handler's result is larger than the result store accepts; the job is dead-lettered with it."""
 
 
+class ResultStoreError(AsyncJobsError):
+    """The result store failed to record a finished job's result; the job is retried (counted), never acked without it."""
+
+
 class NoResultStoreError(ConfigError):
     """The app has no result store (``amqp://`` keeps none): the message names how to pass one."""
 

@@ -58,7 +58,7 @@ class WorkerStats:
     ``retried`` (stored as its next attempt), ``deferred`` (stored again, same attempt),
     ``dead`` (dead-lettered), ``lease_lost`` (left alone: the lease was no longer ours),
     ``released`` (given back by a shutdown, not counted as an attempt), ``cancelled`` (acked: a
-    user cancelled it) and ``settle_failed`` (the broker, or the result store, failed the settle:
+    user cancelled it) and ``settle_failed`` (the broker failed the settle:
     the job comes back, counted, as its consumer says: :func:`~asyncjobs.broker.comes_back`).
     ``timed_out`` counts the retried or dead attempts that ended in their timeout.
     """
@@ -276,10 +276,8 @@ class Settler:
         if outcome is None:
             await self.release([attempt])
             return
-        if self._record is not None and (outcome := await self._record(attempt, outcome)) is None:
-            self.stats.settle_failed += 1  # the result store failed: left to come back as its consumer says
-            self._free((attempt,))
-            return
+        if self._record is not None:  # a result the store could not take turns the outcome into a retry
+            outcome = await self._record(attempt, outcome)
         kind = outcome.kind
         if kind in ("done", "skipped", "cancelled"):
             self.acks.push(attempt, kind)
@@ -378,5 +376,5 @@ class Settler:
 
 
 _CANCELLED = Outcome("cancelled", "cancelled")
-Record = Callable[[Attempt, Outcome], Awaitable[Outcome | None]]
+Record = Callable[[Attempt, Outcome], Awaitable[Outcome]]
 _RELEASE_SECONDS = 5.0  # a give-back that takes longer is abandoned: the jobs come back as their consumer says

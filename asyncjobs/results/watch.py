@@ -28,7 +28,7 @@ import anyio.lowlevel
 
 from asyncjobs.clock import wall_time
 from asyncjobs.envelope import Envelope, decode
-from asyncjobs.errors import ResultTooLargeError
+from asyncjobs.errors import ResultStoreError, ResultTooLargeError
 from asyncjobs.job import Job, Outcome
 from asyncjobs.results.store import DEFAULT_TTL, ResultStore, encode_result
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECORD_RETRY_SECONDS = 5.0  # a job whose result could not be recorded runs again after this
 MESSAGE_LIMIT = 300  # characters of a progress message or error kept in a record
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -180,12 +181,14 @@ class JobWatcher:
                 log.warning("%s: cancel requested; cancelling it", attempt.describe())
                 attempt.cancel("cancelled")
 
-    async def record(self, attempt: Attempt, outcome: Outcome) -> Outcome | None:
+    async def record(self, attempt: Attempt, outcome: Outcome) -> Outcome:
         """Record a final (or retrying) outcome before the broker is told; the outcome to settle.
 
         A result the store refuses (too large, not JSON) turns the outcome into ``dead`` with
-        that error. ``None`` when the store failed: the job is left unsettled, to come back as its
-        broker's consumer says (never acked without its result).
+        that error. When the store fails, a ``done`` becomes a ``retry`` after
+        :data:`RECORD_RETRY_SECONDS` (never acked without its result; the retry is counted, and
+        settled on every broker at once, so no delivery waits unsettled); any other outcome is
+        settled as it is.
         """
         env, job_id = attempt.envelope, attempt.delivery.job_id
         if env is None and outcome.kind == "cancelled":  # cancelled before it started: read what it was
@@ -221,14 +224,25 @@ class JobWatcher:
         try:
             await self.store.write(job_id, fields, keep or DEFAULT_TTL, final=fields["status"] != "retrying")
         except Exception as exc:
+            if kind != "done":  # the dead letter, the retry or the cancel goes ahead: it is a record of its own
+                log.error(
+                    "%s: could not record its outcome (%s) in the result store (%s: %s); settled all the same",
+                    attempt.describe(),
+                    kind,
+                    type(exc).__name__,
+                    exc,
+                )
+                return outcome
             log.error(
-                "%s: could not record its outcome in the result store (%s: %s); not settled, it runs again "
-                "when the broker delivers it again",
+                "%s: could not record its result in the result store (%s: %s); never acked without it, it is "
+                "retried in %gs (counted as an attempt)",
                 attempt.describe(),
                 type(exc).__name__,
                 exc,
+                RECORD_RETRY_SECONDS,
             )
-            return None
+            error = ResultStoreError(f"the result store could not record the result: {type(exc).__name__}: {exc}")
+            return Outcome("retry", "result_store_unavailable", error, delay=RECORD_RETRY_SECONDS)
         return outcome
 
 
