@@ -21,7 +21,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="keep the worker logs in this directory")
     parser.add_argument("--json", default="fault-report.json", help="where to write the figures")
     args = parser.parse_args()
-    from tests.faults.catalog import SCENARIOS
+    from tests.faults.catalog import ONLY_ON, SCENARIOS
 
     names = args.scenario or list(SCENARIOS)
     brokers = ["redis", "amqp"] if args.broker == "all" else [args.broker]
@@ -29,6 +29,8 @@ def main() -> int:
     console = Console(width=220)
     for name in names:
         for broker in brokers:
+            if broker not in ONLY_ON.get(name, (broker,)):
+                continue
             with tempfile.TemporaryDirectory(prefix="aj-faults-") as tmp:
                 where = Path(args.keep) / f"{name}-{broker}" if args.keep else Path(tmp)
                 where.mkdir(parents=True, exist_ok=True)

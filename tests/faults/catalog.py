@@ -11,6 +11,7 @@ from tests.faults.scenarios import (
     rolling_deploy,
     sigterm_under_load,
 )
+from tests.faults.scenarios_node import node_restart
 from tests.faults.scenarios_time import blocked_loop, clock_skew
 from tests.faults.soak import soak
 
@@ -24,4 +25,8 @@ SCENARIOS: dict[str, Scenario] = {
     "block": blocked_loop,
     "skew": clock_skew,
     "soak": soak,
+    "node": node_restart,
 }
+
+# Scenarios that apply to some brokers only (the others run on both).
+ONLY_ON: dict[str, tuple[str, ...]] = {"node": ("amqp",)}

@@ -207,3 +207,17 @@ def test_soak_every_job_ends_as_its_kind_says(broker: str, tmp_path_factory: pyt
 def test_soak_runs_a_job_again_only_after_a_kill(broker: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     r = report("soak", broker, tmp_path_factory)
     assert unexcused(r) == 0, f"{unexcused(r)} extra runs of jobs no killed worker held: {r.samples}"
+
+
+# 10. a RabbitMQ node of its own, killed and started again ------------------------------------
+
+
+@pytest.mark.rabbitmq
+def test_workers_carry_on_after_their_rabbitmq_node_is_killed_and_lose_nothing_confirmed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    r = report("node", "amqp", tmp_path_factory)
+    assert r.lost == 0 and r.dead == 0, r.as_dict()
+    assert r.extra["alive_after_restarts"] == 2, "the workers reconnected by themselves"
+    assert len(r.recovery_seconds) == r.extra["restarts"] and max(r.recovery_seconds) <= 60, r.recovery_seconds
+    assert r.duplicates <= r.extra["lease_lost"], f"{r.duplicates} duplicates, {r.extra['lease_lost']} reported"
