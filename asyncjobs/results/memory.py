@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from asyncjobs.clock import monotonic
-from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, Write, history_entry
 
 MAX_RECORDS = 100_000
 
@@ -93,6 +93,11 @@ class MemoryResultStore:
             event = self._events.pop(job_id, None)
             if event is not None:
                 event.set()
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        """See :meth:`ResultStore.write_many`."""
+        for job_id, fields, ttl, final in writes:
+            await self.write(job_id, fields, ttl, final=final)
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float

@@ -17,7 +17,15 @@ import anyio
 
 from asyncjobs.clock import monotonic, wall_time
 from asyncjobs.errors import ConfigError
-from asyncjobs.results.store import CANCEL_TTL, FINAL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import (
+    CANCEL_TTL,
+    FINAL,
+    HISTORY_LIMIT,
+    MARKS_LISTED,
+    MAX_RESULT_BYTES,
+    Write,
+    history_entry,
+)
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -154,6 +162,19 @@ class PostgresResultStore:
     async def write(self, job_id: str, fields: Mapping[str, Any], ttl: float, *, final: bool = False) -> None:
         """See :meth:`ResultStore.write`."""
         await self._merge(job_id, fields, ttl, ", cancel_until = NULL" if final else "")
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        """See :meth:`ResultStore.write_many`: the upserts on one connection, in one transaction."""
+        if not writes:
+            return
+        pool = await self._connection_pool()
+        final = [self._params(i, f, ttl) for i, f, ttl, last in writes if last]
+        other = [self._params(i, f, ttl) for i, f, ttl, last in writes if not last]
+        async with pool.connection() as conn, conn.cursor() as cur:
+            if final:
+                await cur.executemany(self._sql(_MERGE.replace("RETURNING", ", cancel_until = NULL RETURNING")), final)
+            if other:
+                await cur.executemany(self._sql(_MERGE), other)
 
     async def beat(
         self, progress: Mapping[str, Mapping[str, Any]], held: Sequence[str], ttl: float

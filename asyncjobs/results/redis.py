@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from asyncjobs.clock import wall_time
 from asyncjobs.errors import ConfigError
-from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, history_entry
+from asyncjobs.results.store import CANCEL_TTL, HISTORY_LIMIT, MARKS_LISTED, MAX_RESULT_BYTES, Write, history_entry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -154,6 +154,17 @@ class RedisResultStore:
             self._merge(pipe, job_id, fields, ttl, final)
             if final:
                 pipe.zrem(self._cancels, job_id)
+            await pipe.execute()
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        """See :meth:`ResultStore.write_many`: one pipeline."""
+        if not writes:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, fields, ttl, final in writes:
+                self._merge(pipe, job_id, fields, ttl, final)
+                if final:
+                    pipe.zrem(self._cancels, job_id)
             await pipe.execute()
 
     async def beat(

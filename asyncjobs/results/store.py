@@ -126,6 +126,10 @@ def history_entry(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {k: fields[k] for k in keep if fields.get(k) not in (None, "")}
 
 
+Write = tuple[str, Mapping[str, Any], float, bool]
+"""One record write: ``(job_id, fields, ttl, final)``, as the arguments of :meth:`ResultStore.write`."""
+
+
 @runtime_checkable
 class ResultStore(Protocol):
     """Where job records and cancel marks live. Safe to call concurrently from many processes.
@@ -150,6 +154,13 @@ class ResultStore(Protocol):
 
     async def write(self, job_id: str, fields: Mapping[str, Any], ttl: float, *, final: bool = False) -> None:
         """Merge ``fields`` into the record; ``final`` also wakes every :meth:`wait` for this job."""
+        ...
+
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        """:meth:`write` of each ``(job_id, fields, ttl, final)``, in one round trip.
+
+        The worker's outcome records go through this, many runners' at once (a group commit).
+        """
         ...
 
     async def beat(

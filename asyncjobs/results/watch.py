@@ -30,7 +30,7 @@ from asyncjobs.clock import wall_time
 from asyncjobs.envelope import Envelope, decode
 from asyncjobs.errors import ResultStoreError, ResultTooLargeError
 from asyncjobs.job import Job, Outcome
-from asyncjobs.results.store import DEFAULT_TTL, ResultStore, encode_result
+from asyncjobs.results.store import DEFAULT_TTL, ResultStore, Write, encode_result
 
 if TYPE_CHECKING:
     from asyncjobs.app import App
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COMMIT_SECONDS = 10.0  # a group commit of outcome records that takes longer fails (each job is retried)
 RECORD_RETRY_SECONDS = 5.0  # a job whose result could not be recorded runs again after this
 MESSAGE_LIMIT = 300  # characters of a progress message or error kept in a record
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -72,6 +73,41 @@ class JobWatcher:
         self._beating: tuple[anyio.Event, set[str]] | None = None  # the beat in flight and the jobs it writes
         self._watched: set[str] = set()  # jobs that reported progress: their outcome is recorded too
         self._marks: frozenset[str] | None = None  # every live cancel mark as of the last beat (None: ask)
+        self._batch: _Batch | None = None  # outcome records waiting for the next group commit
+        self._writing = anyio.Lock()  # held while a group commit is in flight
+
+    async def _commit(self, write: Write) -> None:
+        """Write one outcome record with those of every other runner settling now: a group commit.
+
+        One store call is in flight at a time; the records that arrive meanwhile wait and go
+        together in the next. The first to arrive at an empty batch writes it (shielded, bounded:
+        the others wait on it) and each caller gets the batch's error, if any.
+        """
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+        batch.writes.append(write)
+        if len(batch.writes) > 1:  # another caller writes this batch
+            await batch.written.wait()
+        else:
+            with anyio.CancelScope(shield=True):
+                committed = False
+                try:
+                    with anyio.fail_after(COMMIT_SECONDS):
+                        async with self._writing:  # the batch before is in flight: this one fills meanwhile
+                            self._batch = None  # taken: who comes now starts the next
+                            await self.store.write_many(batch.writes)
+                    committed = True
+                except Exception as exc:
+                    batch.error = exc
+                finally:
+                    if self._batch is batch:  # never taken (timed out waiting): nobody may join it now
+                        self._batch = None
+                    if not committed and batch.error is None:
+                        batch.error = ResultStoreError("the group commit of outcome records was interrupted")
+                    batch.written.set()
+        if batch.error is not None:
+            raise batch.error
 
     def bind(self, held: Mapping[Delivery, Attempt]) -> None:
         """Watch the leases of this mapping (the lease keeper's, by delivery)."""
@@ -222,7 +258,7 @@ class JobWatcher:
         if kind == "retry":
             fields["status"], fields["next_at"] = "retrying", wall_time() + outcome.delay
         try:
-            await self.store.write(job_id, fields, keep or DEFAULT_TTL, final=fields["status"] != "retrying")
+            await self._commit((job_id, fields, keep or DEFAULT_TTL, fields["status"] != "retrying"))
         except Exception as exc:
             if kind != "done":  # the dead letter, the retry or the cancel goes ahead: it is a record of its own
                 log.error(
@@ -244,6 +280,17 @@ class JobWatcher:
             error = ResultStoreError(f"the result store could not record the result: {type(exc).__name__}: {exc}")
             return Outcome("retry", "result_store_unavailable", error, delay=RECORD_RETRY_SECONDS)
         return outcome
+
+
+class _Batch:
+    """Outcome records committed in one store call, and how that call ended."""
+
+    __slots__ = ("error", "writes", "written")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.written = anyio.Event()
+        self.error: BaseException | None = None
 
 
 def _decoded(attempt: Attempt) -> Envelope | None:

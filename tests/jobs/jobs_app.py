@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
 
 import anyio
 
 from asyncjobs import App, progress
 from asyncjobs.results.redis import RedisResultStore
+from asyncjobs.results.store import Write
 
 
 class KillAfterResult(RedisResultStore):
     """A Redis store whose process dies by SIGKILL right after a final write, when asked to."""
 
-    async def write(self, job_id: str, fields: Mapping[str, Any], ttl: float, *, final: bool = False) -> None:
-        await super().write(job_id, fields, ttl, final=final)
-        if final and os.environ.get("JOBS_KILL_AFTER_RESULT") == "1":
+    async def write_many(self, writes: Sequence[Write]) -> None:
+        await super().write_many(writes)
+        if any(final for *_, final in writes) and os.environ.get("JOBS_KILL_AFTER_RESULT") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -21,13 +21,13 @@ async def test_progress_shows_in_the_status_and_costs_no_store_call_per_report(a
     store = app.results
     assert store is not None
     writes: list[Any] = []
-    write = store.write
+    write_many = store.write_many
 
-    async def counted(*args: Any, **kwargs: Any) -> None:
-        writes.append(args)
-        await write(*args, **kwargs)
+    async def counted(batch: Any) -> None:
+        writes.extend(batch)
+        await write_many(batch)
 
-    store.write = counted  # type: ignore[method-assign]
+    store.write_many = counted  # type: ignore[method-assign]
     reported, release = anyio.Event(), anyio.Event()
 
     @app.task(keep_result=keep)

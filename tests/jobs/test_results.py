@@ -210,16 +210,16 @@ async def test_an_amqp_app_without_a_store_names_the_fix() -> None:
 async def test_a_result_the_store_fails_to_write_is_not_acked_and_the_job_runs_again(app: App) -> None:
     store = app.results
     assert store is not None
-    write = store.write
+    write_many = store.write_many
     failures: list[str] = []
 
-    async def flaky(job_id: str, fields: Any, ttl: float, *, final: bool = False) -> None:
-        if final and not failures:
-            failures.append(job_id)
+    async def flaky(writes: Any) -> None:
+        if any(final for *_, final in writes) and not failures:
+            failures.append(writes[0][0])
             raise ConnectionError("result store unreachable")
-        await write(job_id, fields, ttl, final=final)
+        await write_many(writes)
 
-    store.write = flaky  # type: ignore[method-assign]
+    store.write_many = flaky  # type: ignore[method-assign]
     runs: list[int] = []
 
     @app.task(keep_result=60)
@@ -240,3 +240,34 @@ async def wait_for_stats(condition: Any, within: float = 10.0) -> None:
     with anyio.fail_after(within):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.02)
+
+
+async def test_outcome_records_of_jobs_that_end_together_go_to_the_store_in_shared_calls(app: App) -> None:
+    store = app.results
+    assert store is not None
+    write_many = store.write_many
+    calls: list[int] = []
+
+    async def counted(writes: Any) -> None:
+        calls.append(len(writes))
+        await write_many(writes)
+
+    store.write_many = counted  # type: ignore[method-assign]
+    started: list[int] = []
+    go = anyio.Event()
+
+    @app.task(keep_result=60)
+    async def together(n: int) -> int:
+        started.append(n)
+        await go.wait()
+        return n
+
+    refs = [await together.enqueue(n) for n in range(20)]
+    async with running(app, concurrency=20, **FAST):
+        with anyio.fail_after(10):
+            while len(started) < 20:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        go.set()  # all twenty end at once
+        assert [await ref.result(timeout=10) for ref in refs] == list(range(20))
+    assert sum(calls) == 20, f"every record written once: {calls}"
+    assert len(calls) < 20, f"records of jobs ending together shared calls: {calls}"
