@@ -393,17 +393,26 @@ async def broker_faults(broker: str, workdir: Path, long: bool) -> Report:
             await db.wait_finished(total, 90)
             await drained(producer, 30)
             report.extra = {"alive_after_faults": sum(p.alive() for p in procs), "finished_at_faults": done_at_fault}
-            await stop_all(fleet, report, 2)
-            report.exit_seconds = []
-            rows = await db.rows()
-            tally(report, set(keys), rows, await dead_keys(producer, id_key))
-            for at, end in windows:  # recovery: from the fault to the first job fetched after it ended
-                later = [r.started for r in rows if r.started > end + 0.05]
-                report.recovery_seconds.append(round(min(later) - at, 2) if later else float("inf"))
-            report.extra["stats"] = [stats_line(p) for p in fleet.procs]
-            report.extra["lease_lost"] = sum(stat(stats_line(p), "lease lost") for p in fleet.procs)
-            report.allowed_duplicates = min(
-                report.duplicates, report.extra["lease_lost"]
-            )  # a cut or restart loses leases
+            await judge_broker_faults(report, producer, db, fleet, keys, id_key, windows)
     report.seconds = round(time.monotonic() - began, 1)
     return report
+
+
+async def judge_broker_faults(  # type: ignore[no-untyped-def]
+    report: Report, producer, db, fleet, keys: list[str], id_key: dict[str, str], windows: list[tuple[float, float]]
+) -> None:
+    """Stop the fleet and fill ``report`` after broker faults at ``windows`` (wall-time start, end).
+
+    Recovery of a fault: from its start to the first job started after it ended. A duplicate is
+    excused up to the lease losses the workers reported (a cut or a restart loses leases).
+    """
+    await stop_all(fleet, report, 2)
+    report.exit_seconds = []
+    rows = await db.rows()
+    tally(report, set(keys), rows, await dead_keys(producer, id_key))
+    for at, end in windows:
+        later = [r.started for r in rows if r.started > end + 0.05]
+        report.recovery_seconds.append(round(min(later) - at, 2) if later else float("inf"))
+    report.extra["stats"] = [stats_line(p) for p in fleet.procs]
+    report.extra["lease_lost"] = sum(stat(stats_line(p), "lease lost") for p in fleet.procs)
+    report.allowed_duplicates = min(report.duplicates, report.extra["lease_lost"])

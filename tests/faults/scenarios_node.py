@@ -13,8 +13,8 @@ from pathlib import Path
 
 import anyio
 
-from tests.faults.harness import Report, drained, enqueue, keys_of, rand_between, scenario_env, tally
-from tests.faults.scenarios import dead_keys, stat, stats_line, stop_all
+from tests.faults.harness import Report, drained, enqueue, keys_of, rand_between, scenario_env
+from tests.faults.scenarios import judge_broker_faults
 
 
 async def node_restart(broker: str, workdir: Path, long: bool) -> Report:
@@ -45,15 +45,6 @@ async def node_restart(broker: str, workdir: Path, long: bool) -> Report:
             await db.wait_finished(total, 120)
             await drained(producer, 30)
             report.extra = {"alive_after_restarts": sum(p.alive() for p in procs), "restarts": restarts}
-            await stop_all(fleet, report, 2)
-            report.exit_seconds = []
-            rows = await db.rows()
-            tally(report, set(keys), rows, await dead_keys(producer, id_key))
-            for at, end in windows:  # from the kill to the first job that started after the node was back
-                later = [r.started for r in rows if r.started > end]
-                report.recovery_seconds.append(round(min(later) - at, 2) if later else float("inf"))
-            report.extra["stats"] = [stats_line(p) for p in fleet.procs]
-            report.extra["lease_lost"] = sum(stat(stats_line(p), "lease lost") for p in fleet.procs)
-            report.allowed_duplicates = min(report.duplicates, report.extra["lease_lost"])  # acks lost with the node
+            await judge_broker_faults(report, producer, db, fleet, keys, id_key, windows)
     report.seconds = round(time.monotonic() - began, 1)
     return report
